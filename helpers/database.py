@@ -1,0 +1,375 @@
+"""Choose, check, create and remove the private database each notebook works in.
+
+A notebook starts with ``db = await open_database("05_expire")`` and ends with
+``await db.close()``. Which server is used comes from the ``DATABASE_URL`` environment
+variable:
+
+* unset (the default): SQLite through aiosqlite, in a fresh file inside a private
+  temporary directory; ``close()`` deletes the directory;
+* ``sqlite+aiosqlite:///path/to/file.db``: the same, but the private file is created in
+  that file's directory;
+* ``postgresql+asyncpg://user:password@host:port/dbname``: ``dbname`` is only used to
+  connect; each notebook run creates its own database ``asqla_<label>_<host>_<pid>`` and
+  ``close()`` drops it. Databases left by runs that died half-way (their process is gone)
+  are dropped the next time any notebook opens a database on the same machine.
+
+Every mistake in the URL, and a server that cannot be reached, raises
+:class:`DatabaseConfigError`: one sentence that names the URL (password hidden) and what
+to change. IPython shows it without a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import contextlib
+import difflib
+import hashlib
+import importlib.util
+import os
+import re
+import shutil
+import socket
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+__all__ = [
+    "ENV_VAR",
+    "SUPPORTED",
+    "Backend",
+    "DatabaseConfigError",
+    "NotebookDatabase",
+    "configured_url",
+    "hide_password",
+    "open_database",
+    "validate_url",
+]
+
+ENV_VAR = "DATABASE_URL"
+Backend = Literal["sqlite", "postgresql"]
+
+#: The (dialect, driver) pairs this collection is written and tested for.
+SUPPORTED: dict[tuple[str, str], str] = {
+    ("sqlite", "aiosqlite"): "sqlite+aiosqlite:///path/to/file.db",
+    ("postgresql", "asyncpg"): "postgresql+asyncpg://user:password@localhost:5432/dbname",
+}
+_ASYNC_DRIVER = {"sqlite": "aiosqlite", "postgresql": "asyncpg"}
+_PREFIX = "asqla_"
+_CONNECT_TIMEOUT = 5.0
+
+
+class DatabaseConfigError(Exception):
+    """A bad ``DATABASE_URL`` or an unreachable database, explained in one sentence."""
+
+    def _render_traceback_(self) -> list[str]:
+        # IPython calls this instead of printing a traceback: the message is the whole story.
+        return [f"{type(self).__name__}: {self}"]
+
+
+def hide_password(url: str | URL) -> str:
+    """Render ``url`` with its password replaced by ``***`` (also for unparsable strings)."""
+    if isinstance(url, URL):
+        return url.render_as_string(hide_password=True)
+    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+
+
+def validate_url(raw: str | URL) -> URL:
+    """Parse ``raw`` and check that it names an async driver this collection supports.
+
+    Nothing is contacted: this only catches mistakes visible in the URL itself.
+
+    Raises:
+        DatabaseConfigError: with one sentence saying what is wrong and what to write instead.
+    """
+    shown = hide_password(raw)
+    try:
+        url = make_url(raw)
+    except ArgumentError:
+        raise DatabaseConfigError(
+            f"{ENV_VAR}={shown!r} is not a database URL; write it like "
+            f"{SUPPORTED[('postgresql', 'asyncpg')]!r}."
+        ) from None
+    try:
+        dialect_cls = url.get_dialect()
+    except NoSuchModuleError:
+        known = [f"{d}+{drv}" for d, drv in SUPPORTED]
+        guess = difflib.get_close_matches(url.drivername.replace("_", "+"), known, n=1)
+        hint = f"; did you mean {guess[0]!r}? (dialect and driver are joined by '+')" if guess else ""
+        raise DatabaseConfigError(
+            f"{ENV_VAR}={shown!r} names an unknown dialect {url.drivername!r}{hint}."
+        ) from None
+    backend, driver = url.get_backend_name(), dialect_cls.driver
+    if not dialect_cls.is_async:
+        async_driver = _ASYNC_DRIVER.get(backend)
+        fix = (
+            f"use {url.set(drivername=f'{backend}+{async_driver}').render_as_string()!r}"
+            if async_driver
+            else "this collection supports only " + " and ".join(f"{d}+{v}" for d, v in SUPPORTED)
+        )
+        raise DatabaseConfigError(
+            f"{ENV_VAR}={shown!r} selects the synchronous driver {driver!r}, which "
+            f"create_async_engine() cannot use; {fix}."
+        )
+    if (backend, driver) not in SUPPORTED:
+        raise DatabaseConfigError(
+            f"{ENV_VAR}={shown!r} uses {backend}+{driver}; this collection is written and tested "
+            "for " + " and ".join(f"{d}+{v}" for d, v in SUPPORTED) + "."
+        )
+    if importlib.util.find_spec(driver) is None:
+        raise DatabaseConfigError(
+            f"{ENV_VAR}={shown!r} needs the driver package {driver!r}, which is not installed "
+            "in this Python environment; run: pip install -r requirements.txt."
+        )
+    if backend == "postgresql" and not url.database:
+        raise DatabaseConfigError(
+            f"{ENV_VAR}={shown!r} names no database to connect to; add one at the end, e.g. '/postgres'."
+        )
+    return url
+
+
+def configured_url(environ: dict[str, str] | None = None) -> URL | None:
+    """The validated ``DATABASE_URL`` from ``environ`` (default ``os.environ``), or ``None``."""
+    raw = (os.environ if environ is None else environ).get(ENV_VAR, "").strip()
+    return validate_url(raw) if raw else None
+
+
+@dataclass
+class NotebookDatabase:
+    """The private database of one notebook run, and the engines made for it.
+
+    Attributes:
+        label: The name the notebook passed to :func:`open_database`.
+        url: Where the private database is; pass it to ``create_async_engine``.
+        backend: ``"sqlite"`` or ``"postgresql"``.
+    """
+
+    label: str
+    url: URL
+    backend: Backend
+    _admin_url: URL | None = None
+    _directory: Path | None = None
+    _engines: list[AsyncEngine] = field(default_factory=list)
+    _engine: AsyncEngine | None = None
+    _closed: bool = False
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.backend == "sqlite"
+
+    @property
+    def is_postgresql(self) -> bool:
+        return self.backend == "postgresql"
+
+    @property
+    def engine(self) -> AsyncEngine:
+        """A default engine for this database, created on first use and disposed by ``close()``."""
+        if self._engine is None:
+            self._engine = self.create_engine()
+        return self._engine
+
+    def create_engine(self, **kwargs: Any) -> AsyncEngine:
+        """``create_async_engine(self.url, **kwargs)``, remembered so ``close()`` disposes it."""
+        engine = create_async_engine(self.url, **kwargs)
+        self._engines.append(engine)
+        return engine
+
+    def describe(self) -> str:
+        """One line saying which database is in use, with nothing that changes between runs."""
+        if self.is_sqlite:
+            return "SQLite through aiosqlite, in a private temporary file removed by db.close()"
+        assert self._admin_url is not None
+        where = f"{self._admin_url.host or 'localhost'}:{self._admin_url.port or 5432}"
+        return f"PostgreSQL through asyncpg at {where}, in a private database dropped by db.close()"
+
+    async def close(self) -> None:
+        """Dispose every engine made here, then delete the private database. Safe to repeat."""
+        if self._closed:
+            return
+        for engine in self._engines:
+            await engine.dispose()
+        self._engines.clear()
+        self._engine = None
+        await self._remove()
+
+    async def _remove(self) -> None:
+        self._closed = True
+        _OPEN.discard(self)
+        if self.backend == "sqlite":
+            if self._directory is not None:
+                shutil.rmtree(self._directory, ignore_errors=True)
+            elif self.url.database:
+                for suffix in ("", "-journal", "-wal", "-shm"):
+                    Path(self.url.database + suffix).unlink(missing_ok=True)
+        else:
+            assert self._admin_url is not None and self.url.database
+            await _drop_database(self._admin_url, self.url.database)
+
+    def __hash__(self) -> int:
+        return id(self)
+
+    def __repr__(self) -> str:
+        return f"<NotebookDatabase {self.label!r}: {self.describe()}>"
+
+
+_OPEN: set[NotebookDatabase] = set()
+
+
+def _host_id() -> str:
+    return hashlib.sha1(socket.gethostname().encode()).hexdigest()[:6]
+
+
+def _label_slug(label: str) -> str:
+    slug = re.sub(r"[^a-z0-9]+", "_", label.lower()).strip("_")
+    return slug[:32] or "notebook"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _asyncpg_kwargs(url: URL) -> dict[str, Any]:
+    return {
+        "host": url.host or "localhost",
+        "port": url.port or 5432,
+        "user": url.username,
+        "password": url.password,
+        "database": url.database,
+        "timeout": _CONNECT_TIMEOUT,
+    }
+
+
+async def _admin_connect(url: URL) -> Any:
+    """Connect with plain asyncpg to the database named in the URL, or explain why not."""
+    import asyncpg
+
+    shown = hide_password(url)
+    where = f"{url.host or 'localhost'}:{url.port or 5432}"
+    try:
+        return await asyncpg.connect(**_asyncpg_kwargs(url))
+    except (asyncpg.InvalidPasswordError, asyncpg.InvalidAuthorizationSpecificationError) as exc:
+        raise DatabaseConfigError(
+            f"PostgreSQL at {where} refused the login for {shown!r} ({exc}); check the user "
+            "name and password."
+        ) from None
+    except asyncpg.InvalidCatalogNameError:
+        raise DatabaseConfigError(
+            f"PostgreSQL at {where} has no database {url.database!r} ({shown!r}); name an "
+            "existing one, e.g. 'postgres', or create it with: createdb " + str(url.database)
+        ) from None
+    except (TimeoutError, OSError) as exc:
+        reason = "no answer" if isinstance(exc, asyncio.TimeoutError) else exc.strerror or str(exc)
+        raise DatabaseConfigError(
+            f"Cannot reach PostgreSQL at {where} for {shown!r} ({reason}); is the server "
+            "running, and are the host and port right?"
+        ) from None
+
+
+async def _drop_database(admin_url: URL, name: str) -> None:
+    conn = await _admin_connect(admin_url)
+    try:
+        # WITH (FORCE) (PostgreSQL 13+) also ends connections someone forgot to close.
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+async def abandoned_postgresql_databases(conn: Any) -> list[str]:
+    """Databases made by :func:`open_database` on this machine whose process has ended."""
+    rows = await conn.fetch(
+        "SELECT datname FROM pg_database WHERE datname LIKE $1", _PREFIX.replace("_", r"\_") + "%"
+    )
+    found = []
+    for (name,) in rows:
+        match = re.fullmatch(rf"{_PREFIX}.*_([0-9a-f]{{6}})_(\d+)", name)
+        if match and match[1] == _host_id() and not _pid_alive(int(match[2])):
+            found.append(name)
+    return found
+
+
+def abandoned_directories(parent: Path | None = None) -> list[Path]:
+    """SQLite directories made by :func:`open_database` whose process has ended."""
+    found = []
+    for path in Path(parent or tempfile.gettempdir()).glob("asqla-*-*-*"):
+        match = re.fullmatch(r"asqla-[a-z0-9_]+-(\d+)-\w+", path.name)
+        if match and path.is_dir() and not _pid_alive(int(match[1])):
+            found.append(path)
+    return found
+
+
+async def open_database(label: str, *, environ: dict[str, str] | None = None) -> NotebookDatabase:
+    """Create the private database for one notebook run and return its handle.
+
+    Args:
+        label: A short name for the notebook, e.g. ``"05_expire"``; it appears in the
+            PostgreSQL database name and the SQLite file name.
+        environ: Where to read ``DATABASE_URL`` from (default ``os.environ``); for tests.
+
+    Raises:
+        DatabaseConfigError: the URL is wrong, or the server cannot be reached or refuses us.
+    """
+    configured = configured_url(environ)
+    slug = _label_slug(label)
+    if configured is None or configured.get_backend_name() == "sqlite":
+        parent = None
+        if configured is not None and configured.database not in (None, "", ":memory:"):
+            parent = Path(configured.database).expanduser().resolve().parent
+            if not parent.is_dir():
+                raise DatabaseConfigError(
+                    f"{ENV_VAR}={hide_password(configured)!r} points into {str(parent)!r}, "
+                    "which is not a directory."
+                )
+        for abandoned in abandoned_directories(parent):
+            shutil.rmtree(abandoned, ignore_errors=True)
+        directory = Path(tempfile.mkdtemp(prefix=f"asqla-{slug}-{os.getpid()}-", dir=parent))
+        url = URL.create("sqlite+aiosqlite", database=str(directory / f"{slug}.db"))
+        db = NotebookDatabase(label=label, url=url, backend="sqlite", _directory=directory)
+    else:
+        name = f"{_PREFIX}{slug}_{_host_id()}_{os.getpid()}"
+        conn = await _admin_connect(configured)
+        try:
+            for abandoned in await abandoned_postgresql_databases(conn):
+                await conn.execute(f'DROP DATABASE IF EXISTS "{abandoned}" WITH (FORCE)')
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            try:
+                await conn.execute(f'CREATE DATABASE "{name}"')
+            except Exception as exc:  # asyncpg.InsufficientPrivilegeError and friends
+                raise DatabaseConfigError(
+                    f"PostgreSQL user {configured.username!r} cannot create the notebook's "
+                    f"database ({exc}); grant it CREATEDB: ALTER ROLE {configured.username} CREATEDB"
+                ) from None
+        finally:
+            await conn.close()
+        db = NotebookDatabase(
+            label=label,
+            url=configured.set(database=name),
+            backend="postgresql",
+            _admin_url=configured,
+        )
+    _OPEN.add(db)
+    return db
+
+
+@atexit.register
+def _remove_forgotten() -> None:
+    """At interpreter exit (kernel shutdown), remove databases a notebook did not close."""
+    if not _OPEN:
+        return
+    loop = asyncio.new_event_loop()
+    try:
+        for db in list(_OPEN):
+            with contextlib.suppress(Exception):
+                loop.run_until_complete(db._remove())
+    finally:
+        loop.close()

@@ -1,0 +1,169 @@
+"""Re-execute notebooks from a clean kernel and store their outputs: the project's one way
+to refresh the expected results that nbval compares against.
+
+    python tests/execute_notebooks.py                       # every notebook
+    python tests/execute_notebooks.py notebooks/05_*.ipynb  # some of them
+    python tests/execute_notebooks.py --no-postgresql ...   # skip the second backend
+
+For each notebook:
+
+1. run it top to bottom in a fresh kernel on SQLite (``DATABASE_URL`` removed from the
+   environment), with the notebook's folder as working directory; a cell may raise only if
+   it is tagged ``raises-exception``;
+2. clean the outputs of what differs between machines (tests/sanitize.cfg, and absolute
+   paths in tracebacks) and store them;
+3. unless ``--no-postgresql``, run it again on PostgreSQL (``--postgresql URL``, default
+   ``postgresql+asyncpg://postgres@127.0.0.1:5432/postgres``) and tag every cell whose output
+   is the same on both backends ``nbval-check-output``, so the PostgreSQL test run still
+   compares it (see conftest.py). Cells tagged ``nbval-ignore-output`` are never tagged.
+
+It prints each notebook's wall time per backend: the figures quoted in the instructor guide.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import re
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import nbformat
+from nbclient import NotebookClient
+
+ROOT = Path(__file__).resolve().parents[1]
+SANITIZE = ROOT / "tests" / "sanitize.cfg"
+DEFAULT_POSTGRESQL = "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
+CHECK_TAG = "nbval-check-output"
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def sanitize_patterns() -> list[tuple[str, str]]:
+    text = SANITIZE.read_text()
+    return re.findall(r"^regex: (.*)$\n^replace: (.*)$", text, flags=re.MULTILINE)
+
+
+PATTERNS = sanitize_patterns()
+
+
+def sanitize(text: str) -> str:
+    for regex, replace in PATTERNS:
+        text = re.sub(regex, replace, text)
+    return text
+
+
+def clean_traceback_line(line: str) -> str:
+    """Make a traceback line machine-independent: no venv, home or repository paths."""
+    line = re.sub(r"~?(?:/[^\s/\x1b:\"']+)+/site-packages/", ".../site-packages/", line)
+    line = re.sub(r"~?(?:/[^\s/\x1b:\"']+)+/lib/python3\.\d+/", ".../lib/python/", line)
+    return sanitize(line.replace(str(ROOT) + "/", ""))
+
+
+def clean_outputs(nb: Any) -> None:
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        for out in cell.get("outputs", []):
+            if out.output_type == "stream":
+                out.text = sanitize(out.text)
+            elif out.output_type in ("execute_result", "display_data"):
+                for key in ("text/plain", "text/html"):
+                    if key in out.get("data", {}):
+                        out.data[key] = sanitize(out.data[key])
+            elif out.output_type == "error":
+                out.evalue = sanitize(out.evalue)
+                out.traceback = [clean_traceback_line(line) for line in out.traceback]
+
+
+def comparable(outputs: list[Any]) -> list[tuple[str, str]]:
+    """What nbval compares in one cell's outputs, as a list of (kind, text)."""
+    result: list[tuple[str, str]] = []
+    for out in outputs:
+        if out["output_type"] == "stream":
+            kind = f"stream:{out['name']}"
+            if result and result[-1][0] == kind:  # nbval coalesces consecutive streams
+                result[-1] = (kind, result[-1][1] + sanitize(out["text"]))
+            else:
+                result.append((kind, sanitize(out["text"])))
+        elif out["output_type"] == "error":
+            result.append(("error", f"{out['ename']}: {sanitize(out['evalue'])}"))
+        else:
+            for key, value in sorted(out.get("data", {}).items()):
+                if key not in ("image/png", "image/jpeg"):
+                    result.append((key, sanitize(value if isinstance(value, str) else "".join(value))))
+    return result
+
+
+def execute(nb: Any, path: Path, env: dict[str, str], timeout: int) -> float:
+    started = time.perf_counter()
+    client = NotebookClient(
+        nb,
+        timeout=timeout,
+        kernel_name="python3",
+        resources={"metadata": {"path": str(path.parent)}},
+        allow_errors=False,  # cells tagged raises-exception may still raise
+    )
+    client.execute(env=env)  # the kernel's whole environment
+    return time.perf_counter() - started
+
+
+def process(path: Path, postgresql: str | None, timeout: int) -> str:
+    nb = nbformat.read(path, as_version=4)
+    sqlite_env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    seconds = execute(nb, path, sqlite_env, timeout)
+    clean_outputs(nb)
+    report = f"{path.relative_to(ROOT)}: sqlite {seconds:.1f}s"
+    if postgresql:
+        other = copy.deepcopy(nb)
+        pg_seconds = execute(other, path, {**sqlite_env, "DATABASE_URL": postgresql}, timeout)
+        report += f", postgresql {pg_seconds:.1f}s"
+        same = 0
+        for cell, pg_cell in zip(nb.cells, other.cells, strict=True):
+            if cell.cell_type != "code":
+                continue
+            tags = [t for t in cell.metadata.get("tags", []) if t != CHECK_TAG]
+            if "nbval-ignore-output" not in tags and comparable(cell.outputs) == comparable(
+                pg_cell.outputs
+            ):
+                tags.append(CHECK_TAG)
+                same += 1
+            if tags:
+                cell.metadata["tags"] = tags
+            else:
+                cell.metadata.pop("tags", None)
+        code_cells = sum(c.cell_type == "code" for c in nb.cells)
+        report += f"; {same}/{code_cells} cells identical on both"
+    nbformat.write(nb, path)
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("notebooks", nargs="*", type=Path, help="default: every notebook")
+    parser.add_argument("--postgresql", default=DEFAULT_POSTGRESQL, help="URL for the second run")
+    parser.add_argument("--no-postgresql", action="store_true", help="store SQLite outputs only")
+    parser.add_argument("--jobs", "-j", type=int, default=2)
+    parser.add_argument("--timeout", type=int, default=120, help="seconds per cell")
+    args = parser.parse_args(argv)
+    paths = [p.resolve() for p in args.notebooks] or sorted(
+        p for p in (ROOT / "notebooks").rglob("*.ipynb") if ".ipynb_checkpoints" not in p.parts
+    )
+    postgresql = None if args.no_postgresql else args.postgresql
+    failed = 0
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        futures = {p: pool.submit(process, p, postgresql, args.timeout) for p in paths}
+        for path, future in futures.items():
+            try:
+                print(future.result(), flush=True)
+            except Exception as exc:  # report every notebook, then fail
+                failed += 1
+                print(f"{path.relative_to(ROOT)}: FAILED\n{exc}", file=sys.stderr, flush=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
