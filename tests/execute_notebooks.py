@@ -126,9 +126,7 @@ def process(path: Path, postgresql: str | None, timeout: int) -> str:
             if cell.cell_type != "code":
                 continue
             tags = [t for t in cell.metadata.get("tags", []) if t != CHECK_TAG]
-            if "nbval-ignore-output" not in tags and comparable(cell.outputs) == comparable(
-                pg_cell.outputs
-            ):
+            if "nbval-ignore-output" not in tags and comparable(cell.outputs) == comparable(pg_cell.outputs):
                 tags.append(CHECK_TAG)
                 same += 1
             if tags:

@@ -1,0 +1,128 @@
+"""Checks on the notebooks as files: links, clean stored outputs, the shape of each chapter.
+
+nbval re-runs the notebooks and compares outputs; these tests check what nbval cannot: that
+the stored outputs came from one clean top-to-bottom run, that every notebook is reachable
+from the start notebook, and that lessons and solutions are complete.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = ROOT / "notebooks"
+START = NOTEBOOKS / "00_start_here.ipynb"
+ALL = sorted(p for p in NOTEBOOKS.rglob("*.ipynb") if ".ipynb_checkpoints" not in p.parts)
+LESSONS = [p for p in ALL if p.parent == NOTEBOOKS and re.match(r"(0[1-9]|10)_", p.name)]
+SOLUTIONS = sorted((NOTEBOOKS / "solutions").glob("*.ipynb"))
+LINK = re.compile(r"\]\(([^)#\s]+\.ipynb)(#[^)]*)?\)")
+VARYING = [
+    (re.compile(r" at 0x[0-9a-f]{6,}"), "a memory address"),
+    (re.compile(r"/tmp/|/var/folders/|asqla-\w+-\d+-"), "a temporary path"),
+    (re.compile(r"\b20\d\d-\d\d-\d\d[ T]\d\d:\d\d"), "a timestamp"),
+    (re.compile(r"asqla_\w+_[0-9a-f]{6}_\d+"), "a private database name"),
+]
+
+
+def load(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def ids(paths: list[Path]) -> list[str]:
+    return [str(p.relative_to(NOTEBOOKS)) for p in paths]
+
+
+def markdown(nb: dict) -> str:
+    return "\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "markdown")
+
+
+def links(path: Path) -> set[Path]:
+    return {(path.parent / m[1]).resolve() for m in LINK.finditer(markdown(load(path)))}
+
+
+def tags(cell: dict) -> set[str]:
+    return set(cell.get("metadata", {}).get("tags", []))
+
+
+def outputs_text(cell: dict) -> str:
+    return json.dumps(cell.get("outputs", []))
+
+
+def test_there_are_lessons_and_solutions() -> None:
+    assert START.exists()
+    assert len(LESSONS) == 10, ids(LESSONS)
+    assert [p.name.replace("_solutions", "") for p in SOLUTIONS] == [p.name for p in LESSONS]
+
+
+def test_every_notebook_is_linked_from_the_start_notebook() -> None:
+    missing = set(ALL) - {START} - links(START)
+    assert not missing, f"not linked from 00_start_here: {ids(sorted(missing))}"
+
+
+@pytest.mark.parametrize("path", ALL, ids=ids(ALL))
+def test_links_resolve(path: Path) -> None:
+    broken = [str(p) for p in links(path) if not p.exists()]
+    assert not broken, f"links to missing notebooks: {broken}"
+
+
+@pytest.mark.parametrize("path", ALL, ids=ids(ALL))
+def test_outputs_come_from_one_clean_run(path: Path) -> None:
+    nb = load(path)
+    assert nb["metadata"]["kernelspec"]["name"] == "python3"
+    code = [c for c in nb["cells"] if c["cell_type"] == "code"]
+    counts = [c["execution_count"] for c in code]
+    assert counts == list(range(1, len(code) + 1)), "re-run with tests/execute_notebooks.py"
+    for index, cell in enumerate(code, 1):
+        cell_tags = tags(cell)
+        errors = [o for o in cell["outputs"] if o["output_type"] == "error"]
+        if errors:
+            assert "raises-exception" in cell_tags, f"code cell {index}: error output without the tag"
+        elif "raises-exception" in cell_tags and "postgresql-only" not in cell_tags:
+            pytest.fail(f"code cell {index} is tagged raises-exception but its stored output has no error")
+        for output in cell["outputs"]:
+            assert (
+                output.get("output_type") != "stream"
+                or output["name"] != "stderr"
+                or ("nbval-ignore-output" in cell_tags)
+            ), f"code cell {index} wrote to stderr"
+        if "nbval-ignore-output" not in cell_tags:
+            text = outputs_text(cell)
+            for pattern, what in VARYING:
+                assert not pattern.search(text), f"code cell {index}: stored output holds {what}"
+
+
+@pytest.mark.parametrize("path", LESSONS, ids=ids(LESSONS))
+def test_lesson_shape(path: Path) -> None:
+    nb = load(path)
+    prose = markdown(nb)
+    number = int(path.name[:2])
+    for heading in ("Goals", "Recap", "Exercises"):
+        assert re.search(rf"^#+ .*{heading}", prose, re.MULTILINE), f"no '{heading}' heading"
+    targets = {p.name for p in links(path)}
+    assert "00_start_here.ipynb" in targets, "no link back to the index"
+    assert path.name.replace(".ipynb", "_solutions.ipynb") in targets, "no link to its solutions"
+    neighbours = {p.name[:2] for p in links(path) if p.parent == NOTEBOOKS}
+    assert f"{number - 1:02d}" in neighbours, "no link to the previous notebook"
+    assert f"{number + 1:02d}" in neighbours, "no link to the next notebook"
+    code = [c for c in nb["cells"] if c["cell_type"] == "code"]
+    assert any("await db.close()" in "".join(c["source"]) for c in code[-3:]), "no clean-up at the end"
+    checks = [outputs_text(c) for c in code if "Exercise " in outputs_text(c)]
+    assert checks, "no exercise self-check output"
+    assert all("not attempted yet" in text for text in checks), "lesson placeholders must stay untouched"
+
+
+@pytest.mark.parametrize("path", SOLUTIONS, ids=ids(SOLUTIONS))
+def test_solutions_are_correct(path: Path) -> None:
+    nb = load(path)
+    lesson = path.name.replace("_solutions", "")
+    assert lesson in {p.name for p in links(path)}, "no link back to its lesson"
+    results = [
+        outputs_text(c) for c in nb["cells"] if c["cell_type"] == "code" and "Exercise " in outputs_text(c)
+    ]
+    assert results, "no self-check output"
+    for text in results:
+        assert ": correct:" in text and "not yet" not in text and "not attempted" not in text, text
