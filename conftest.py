@@ -65,6 +65,8 @@ def pytest_configure(config: pytest.Config) -> None:
     except DatabaseConfigError as exc:
         raise pytest.UsageError(str(exc)) from None
     config.stash[BACKEND_KEY] = backend
+    if not config.option.nbval_sanitize_with:  # absolute, so pytest works from any directory
+        config.option.nbval_sanitize_with = str(ROOT / "tests" / "sanitize.cfg")
     if backend == "postgresql" and config.option.nbval:
         config.option.nbval = False
         config.option.nbval_lax = True
