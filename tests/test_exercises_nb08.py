@@ -1,0 +1,216 @@
+"""The self-checks of notebook 08 accept right answers and reject wrong ones with a specific hint."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from helpers import open_database
+from helpers.exercises import Status
+from helpers.exercises.nb08 import check_fetch_names, check_signup, describe_counts, tracked_sessionmaker
+from helpers.models import Post, User
+from helpers.sample_data import load_sample_data
+
+Factory = async_sessionmaker[AsyncSession]
+
+
+@pytest.fixture
+async def engine() -> AsyncIterator[AsyncEngine]:
+    db = await open_database("test_nb08")
+    try:
+        await load_sample_data(db.engine)
+        yield db.engine
+    finally:
+        await db.close()
+
+
+async def name_of(factory: Factory, user_id: int) -> str:
+    async with factory() as session:
+        return await session.scalar(select(User.name).where(User.id == user_id))
+
+
+# ---- 08.1: fetch names concurrently, one session per task, bounded ---------------------------
+
+
+async def fetch_right(factory: Factory, user_ids: list[int], limit: int) -> list[str]:
+    semaphore = asyncio.Semaphore(limit)
+
+    async def one(user_id: int) -> str:
+        async with semaphore:
+            return await name_of(factory, user_id)
+
+    return list(await asyncio.gather(*(one(i) for i in user_ids)))
+
+
+async def fetch_with_taskgroup(factory: Factory, user_ids: list[int], limit: int) -> list[str]:
+    semaphore = asyncio.Semaphore(limit)
+
+    async def one(user_id: int) -> str:
+        async with semaphore, factory() as session:
+            user = await session.get(User, user_id)
+            assert user is not None
+            return user.name
+
+    async with asyncio.TaskGroup() as tg:
+        tasks = [tg.create_task(one(i)) for i in user_ids]
+    return [t.result() for t in tasks]
+
+
+async def fetch_shared(factory: Factory, user_ids: list[int], limit: int) -> list[str]:
+    semaphore = asyncio.Semaphore(limit)
+    async with factory() as session:
+
+        async def one(user_id: int) -> str:
+            async with semaphore:
+                return await session.scalar(select(User.name).where(User.id == user_id))
+
+        return list(await asyncio.gather(*(one(i) for i in user_ids)))
+
+
+async def fetch_sequential(factory: Factory, user_ids: list[int], limit: int) -> list[str]:
+    return [await name_of(factory, i) for i in user_ids]
+
+
+async def fetch_unbounded(factory: Factory, user_ids: list[int], limit: int) -> list[str]:
+    return list(await asyncio.gather(*(name_of(factory, i) for i in user_ids)))
+
+
+async def fetch_sorted(factory: Factory, user_ids: list[int], limit: int) -> list[str]:
+    return sorted(await fetch_right(factory, user_ids, limit))
+
+
+async def fetch_one_query(factory: Factory, user_ids: list[int], limit: int) -> list[str]:
+    async with factory() as session:
+        rows = {user_id: name for user_id, name in await session.execute(select(User.id, User.name))}
+    return [rows[i] for i in user_ids]
+
+
+async def fetch_placeholder(factory: Factory, user_ids: list[int], limit: int) -> list[str]:
+    raise NotImplementedError
+
+
+@pytest.mark.parametrize("answer", [fetch_right, fetch_with_taskgroup])
+async def test_fetch_names_accepts_right_answers(engine: AsyncEngine, answer: Any) -> None:
+    verdict = await check_fetch_names(answer, engine)
+    assert verdict.status is Status.CORRECT, verdict
+
+
+@pytest.mark.parametrize(
+    ("answer", "hint"),
+    [
+        (fetch_shared, "one session was used by several tasks"),
+        (fetch_sequential, "ran one at a time"),
+        (fetch_unbounded, "queries ran at once with limit=2"),
+        (fetch_sorted, "in the order of the ids"),
+        (fetch_one_query, "ran one at a time"),
+    ],
+)
+async def test_fetch_names_rejects_wrong_answers(engine: AsyncEngine, answer: Any, hint: str) -> None:
+    verdict = await check_fetch_names(answer, engine)
+    assert verdict.status is Status.WRONG, verdict
+    assert hint in verdict.message
+
+
+async def test_fetch_names_not_attempted(engine: AsyncEngine) -> None:
+    assert (await check_fetch_names(fetch_placeholder, engine)).status is Status.NOT_ATTEMPTED
+    assert (await check_fetch_names(..., engine)).status is Status.NOT_ATTEMPTED
+
+
+# ---- 08.2: background work opens its own session ---------------------------------------------
+
+
+async def welcome_own_session(factory: Factory, user_id: int, name: str) -> None:
+    async with factory() as session, session.begin():
+        session.add(Post(title=f"Welcome, {name}", author_id=user_id))
+
+
+async def signup_right(factory: Factory, name: str, background: set[asyncio.Task[Any]]) -> int:
+    async with factory() as session:
+        user = User(name=name, email=f"{name}@example.com")
+        session.add(user)
+        await session.commit()
+        user_id = user.id
+    task = asyncio.create_task(welcome_own_session(factory, user_id, name))
+    background.add(task)
+    task.add_done_callback(background.discard)
+    return user_id
+
+
+async def signup_shared(factory: Factory, name: str, background: set[asyncio.Task[Any]]) -> int:
+    async def welcome(session: AsyncSession, user_id: int) -> None:
+        session.add(Post(title=f"Welcome, {name}", author_id=user_id))
+        await session.commit()
+
+    async with factory() as session:
+        user = User(name=name, email=f"{name}@example.com")
+        session.add(user)
+        await session.commit()
+        background.add(asyncio.create_task(welcome(session, user.id)))
+        return user.id
+
+
+async def signup_inline(factory: Factory, name: str, background: set[asyncio.Task[Any]]) -> int:
+    async with factory() as session:
+        user = User(name=name, email=f"{name}@example.com")
+        session.add(user)
+        await session.commit()
+        user_id = user.id
+    await welcome_own_session(factory, user_id, name)
+    return user_id
+
+
+async def signup_no_commit(factory: Factory, name: str, background: set[asyncio.Task[Any]]) -> int:
+    async def welcome(user_id: int) -> None:
+        async with factory() as session:
+            session.add(Post(title=f"Welcome, {name}", author_id=user_id))
+            await session.flush()
+
+    async with factory() as session:
+        user = User(name=name, email=f"{name}@example.com")
+        session.add(user)
+        await session.commit()
+        user_id = user.id
+    background.add(asyncio.create_task(welcome(user_id)))
+    return user_id
+
+
+async def signup_placeholder(factory: Factory, name: str, background: set[asyncio.Task[Any]]) -> int:
+    raise NotImplementedError
+
+
+async def test_signup_accepts_right_answer(engine: AsyncEngine) -> None:
+    verdict = await check_signup(signup_right, engine)
+    assert verdict.status is Status.CORRECT, verdict
+    again = await check_signup(signup_right, engine)  # the check cleaned up after itself
+    assert again.status is Status.CORRECT, again
+
+
+@pytest.mark.parametrize(
+    ("answer", "hint"),
+    [
+        (signup_shared, "the background task used the request's session"),
+        (signup_inline, "nothing was added to `background`"),
+        (signup_no_commit, "did the background task commit?"),
+    ],
+)
+async def test_signup_rejects_wrong_answers(engine: AsyncEngine, answer: Any, hint: str) -> None:
+    verdict = await check_signup(answer, engine)
+    assert verdict.status is Status.WRONG, verdict
+    assert hint in verdict.message
+    assert (await check_signup(signup_right, engine)).ok  # no rows left behind by the wrong answer
+
+
+async def test_signup_not_attempted(engine: AsyncEngine) -> None:
+    assert (await check_signup(signup_placeholder, engine)).status is Status.NOT_ATTEMPTED
+
+
+async def test_tracker_counts_sessions_and_overlap(engine: AsyncEngine) -> None:
+    factory, tracker = tracked_sessionmaker(engine, delay=0.01)
+    assert await asyncio.gather(*(name_of(factory, i) for i in (1, 2, 3))) == ["ada", "grace", "linus"]
+    assert (tracker.created, tracker.calls, tracker.max_in_flight, tracker.shared_sessions) == (3, 3, 3, 0)
+    assert describe_counts(tracker) == "3 sessions, 3 calls, at most 3 at once, 0 shared between tasks"
