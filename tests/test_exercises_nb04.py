@@ -1,0 +1,182 @@
+"""The notebook 04 self-checks accept right answers and reject wrong ones with a specific hint."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+
+import pytest
+from sqlalchemy import delete, select
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+
+from helpers import open_database
+from helpers.exercises import nb04
+from helpers.exercises.base import Status
+from helpers.models import Post
+
+
+@pytest.fixture
+async def engine() -> AsyncIterator[AsyncEngine]:
+    db = await open_database("test_nb04")
+    try:
+        yield db.engine
+    finally:
+        await db.close()
+
+
+# 04.1 ------------------------------------------------------------------------------------
+
+
+async def keyset(session: AsyncSession, before_id: int | None, size: int) -> Sequence[Post]:
+    stmt = select(Post).order_by(Post.id.desc()).limit(size)
+    if before_id is not None:
+        stmt = stmt.where(Post.id < before_id)
+    return (await session.scalars(stmt)).all()
+
+
+async def ascending(session: AsyncSession, before_id: int | None, size: int) -> Sequence[Post]:
+    stmt = select(Post).order_by(Post.id).limit(size)
+    if before_id is not None:
+        stmt = stmt.where(Post.id < before_id)
+    return (await session.scalars(stmt)).all()
+
+
+async def no_limit(session: AsyncSession, before_id: int | None, size: int) -> Sequence[Post]:
+    stmt = select(Post).order_by(Post.id.desc())
+    if before_id is not None:
+        stmt = stmt.where(Post.id < before_id)
+    return (await session.scalars(stmt)).all()
+
+
+async def less_or_equal(session: AsyncSession, before_id: int | None, size: int) -> Sequence[Post]:
+    stmt = select(Post).order_by(Post.id.desc()).limit(size)
+    if before_id is not None:
+        stmt = stmt.where(Post.id <= before_id)
+    return (await session.scalars(stmt)).all()
+
+
+async def by_offset(session: AsyncSession, before_id: int | None, size: int) -> Sequence[Post]:
+    skip = 0 if before_id is None else 11 - before_id  # right ids on gap-free data, but OFFSET
+    return (await session.scalars(select(Post).order_by(Post.id.desc()).offset(skip).limit(size))).all()
+
+
+async def rows(session: AsyncSession, before_id: int | None, size: int) -> Sequence[object]:
+    stmt = select(Post.id, Post.title).order_by(Post.id.desc()).limit(size)
+    if before_id is not None:
+        stmt = stmt.where(Post.id < before_id)
+    return (await session.execute(stmt)).all()
+
+
+async def one_by_one(session: AsyncSession, before_id: int | None, size: int) -> Sequence[Post]:
+    posts = [await session.get(Post, i) for i in range((before_id or 11) - 1, 0, -1)][:size]
+    return [p for p in posts if p is not None]
+
+
+async def forgot_await(session: AsyncSession, before_id: int | None, size: int) -> Sequence[Post]:
+    session.scalars(select(Post))  # the coroutine is dropped: "never awaited"
+    return await keyset(session, before_id, size)
+
+
+async def placeholder_1(session: AsyncSession, before_id: int | None, size: int) -> Sequence[Post]:
+    raise NotImplementedError("your code here")
+
+
+async def test_posts_before_correct(engine: AsyncEngine) -> None:
+    verdict = await nb04.check_posts_before(keyset, engine)
+    assert verdict.status is Status.CORRECT, verdict
+
+
+async def test_posts_before_not_attempted(engine: AsyncEngine) -> None:
+    assert (await nb04.check_posts_before(placeholder_1, engine)).status is Status.NOT_ATTEMPTED
+    assert (await nb04.check_posts_before(..., engine)).status is Status.NOT_ATTEMPTED
+
+
+@pytest.mark.parametrize(
+    ("answer", "hint"),
+    [
+        (ascending, "wrong order"),
+        (no_limit, ".limit(size)"),
+        (less_or_equal, "Post.id < before_id"),
+        (by_offset, "offset pagination"),
+        (rows, "return Post objects"),
+        (one_by_one, "one SELECT per page"),
+        (forgot_await, "an await is missing: coroutine 'AsyncSession.scalars' was never awaited"),
+    ],
+    ids=lambda v: getattr(v, "__name__", "hint"),
+)
+async def test_posts_before_wrong(engine: AsyncEngine, answer, hint: str) -> None:
+    verdict = await nb04.check_posts_before(answer, engine)
+    assert verdict.status is Status.WRONG, verdict
+    assert hint in verdict.message
+
+
+# 04.2 ------------------------------------------------------------------------------------
+
+
+async def bulk_delete(session: AsyncSession, author_id: int) -> int:
+    result = await session.execute(delete(Post).where(Post.author_id == author_id))
+    await session.commit()
+    return result.rowcount
+
+
+async def no_commit(session: AsyncSession, author_id: int) -> int:
+    result = await session.execute(delete(Post).where(Post.author_id == author_id))
+    return result.rowcount
+
+
+async def commit_not_awaited(session: AsyncSession, author_id: int) -> int:
+    result = await session.execute(delete(Post).where(Post.author_id == author_id))
+    session.commit()
+    return result.rowcount
+
+
+async def no_where(session: AsyncSession, author_id: int) -> int:
+    result = await session.execute(delete(Post))
+    await session.commit()
+    return result.rowcount
+
+
+async def load_then_delete(session: AsyncSession, author_id: int) -> int:
+    posts = (await session.scalars(select(Post).where(Post.author_id == author_id))).all()
+    for post in posts:
+        await session.delete(post)
+    await session.commit()
+    return len(posts)
+
+
+async def returns_nothing(session: AsyncSession, author_id: int) -> None:
+    await bulk_delete(session, author_id)
+
+
+async def wrong_count(session: AsyncSession, author_id: int) -> int:
+    return await bulk_delete(session, author_id) + 1
+
+
+async def placeholder_2(session: AsyncSession, author_id: int) -> int:
+    raise NotImplementedError("your code here")
+
+
+async def test_delete_posts_of_correct(engine: AsyncEngine) -> None:
+    verdict = await nb04.check_delete_posts_of(bulk_delete, engine)
+    assert verdict.status is Status.CORRECT, verdict
+
+
+async def test_delete_posts_of_not_attempted(engine: AsyncEngine) -> None:
+    assert (await nb04.check_delete_posts_of(placeholder_2, engine)).status is Status.NOT_ATTEMPTED
+
+
+@pytest.mark.parametrize(
+    ("answer", "hint"),
+    [
+        (no_commit, "not committed"),
+        (commit_not_awaited, "coroutine 'AsyncSession.commit' was never awaited"),
+        (no_where, "filter with"),
+        (load_then_delete, "you loaded the posts first"),
+        (returns_nothing, "returned None"),
+        (wrong_count, "returned 3; it deleted 2"),
+    ],
+    ids=lambda v: getattr(v, "__name__", "hint"),
+)
+async def test_delete_posts_of_wrong(engine: AsyncEngine, answer, hint: str) -> None:
+    verdict = await nb04.check_delete_posts_of(answer, engine)
+    assert verdict.status is Status.WRONG, verdict
+    assert hint in verdict.message
