@@ -160,10 +160,14 @@ async def check_transfer(
             "and 1.00: keep amounts Decimal, never float.",
         )
 
-    await transfer(Session, 2, 3, Decimal("29.95"))  # exactly the whole balance is allowed
+    whole = wrong("07.1", "sending an account's whole balance (29.95 of 29.95) must be allowed.")
+    try:
+        await transfer(Session, 2, 3, Decimal("29.95"))
+    except insufficient_funds:
+        return whole
+    if (await _balances(Session, account_class))[2] != Decimal("0.00"):
+        return whole
     after = await _balances(Session, account_class)
-    if after[2] != Decimal("0.00"):
-        return wrong("07.1", "sending an account's whole balance (29.95 of 29.95) must be allowed.")
 
     before = after
     try:
@@ -254,6 +258,8 @@ async def _check_signup(
         )
     if len(rows) > 1:
         return wrong("07.2", f"{len(rows)} API keys were stored for one signup; store exactly one.")
+    if len(raw) < 32:
+        return wrong("07.2", f"a {len(raw)}-character key is guessable; use e.g. secrets.token_urlsafe(32).")
     stored = rows[0]
     stored_text = [str(v) for v in (stored.prefix, stored.key_hash)]
     if any(raw in value for value in stored_text):
@@ -265,8 +271,6 @@ async def _check_signup(
         )
     if stored.prefix != raw[:PREFIX_LENGTH]:
         return wrong("07.2", f"prefix must be the first {PREFIX_LENGTH} characters of the raw key.")
-    if len(raw) < 32:
-        return wrong("07.2", f"a {len(raw)}-character key is guessable; use e.g. secrets.token_urlsafe(32).")
     second = await signup(Session, NAMES[1])
     if second == raw:
         return wrong("07.2", "two signups returned the same key: generate a new one each time with secrets.")
