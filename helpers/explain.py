@@ -25,13 +25,18 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-__all__ = ["PITFALLS", "Explanation", "Pitfall", "explain", "find_pitfall", "first_line"]
+__all__ = ["PITFALLS", "Explanation", "Pitfall", "anchor", "explain", "find_pitfall", "first_line"]
 
 
 def first_line(exc: BaseException) -> str:
     """``"TypeName: first line of the message"``, as a learner sees it at the bottom of a traceback."""
     text = str(exc).split("\n", 1)[0].strip()
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def anchor(heading: str) -> str:
+    """A markdown heading's anchor as JupyterLab builds it: rendered text, spaces turned into '-'."""
+    return heading.replace("`", "").replace(" ", "-")
 
 
 def _chain(exc: BaseException) -> Iterator[BaseException]:
@@ -94,8 +99,7 @@ class Pitfall:
 
     @property
     def anchor(self) -> str:
-        """The heading's anchor as JupyterLab builds it: rendered text, spaces turned into '-'."""
-        return self.heading.replace("`", "").replace(" ", "-")
+        return anchor(self.heading)
 
     @property
     def link(self) -> str:
@@ -121,7 +125,7 @@ PITFALLS: tuple[Pitfall, ...] = (
         cause="dialect and driver are joined by '+', so 'sqlite_aiosqlite' is read as one unknown name.",
         fix="write 'sqlite+aiosqlite:///file.db' or 'postgresql+asyncpg://user@host/db'.",
         notebook="01_engine_setup.ipynb",
-        heading="Pitfall: a typo in the dialect name",
+        heading="Pitfall: `sqlite_aiosqlite://` is not a dialect",
         matches=_is("NoSuchModuleError", "Can't load plugin"),
     ),
     Pitfall(
@@ -131,8 +135,18 @@ PITFALLS: tuple[Pitfall, ...] = (
         cause="'sqlite://' and 'postgresql://' select blocking drivers (pysqlite; psycopg2 or psycopg).",
         fix="name the async driver in the URL: 'sqlite+aiosqlite://' or 'postgresql+asyncpg://'.",
         notebook="01_engine_setup.ipynb",
-        heading="Pitfall: a synchronous driver in an async engine",
+        heading="Pitfall: a synchronous driver in `create_async_engine`",
         matches=_is("InvalidRequestError", "requires an async driver"),
+    ),
+    Pitfall(
+        key="memory-pool-size",
+        error="TypeError",
+        summary="pool_size was given to an in-memory SQLite engine.",
+        cause="':memory:' gets a StaticPool (one shared connection), which has no pool_size.",
+        fix="drop pool_size/max_overflow for ':memory:', or use a file: 'sqlite+aiosqlite:///app.db'.",
+        notebook="01_engine_setup.ipynb",
+        heading="Pitfall: `pool_size` on an in-memory database",
+        matches=_is("TypeError", "Invalid argument(s) 'pool_size'"),
     ),
     Pitfall(
         key="session-query",
@@ -141,8 +155,18 @@ PITFALLS: tuple[Pitfall, ...] = (
         cause="the legacy Query API does implicit I/O, so AsyncSession does not offer it.",
         fix="await session.scalars(select(User)) / session.execute(...); wrap old code in run_sync().",
         notebook="04_crud.ipynb",
-        heading="Pitfall: `session.query()` does not exist",
+        heading="Pitfall: `AsyncSession` has no `query()`",
         matches=_is("AttributeError", "'AsyncSession' object has no attribute 'query'"),
+    ),
+    Pitfall(
+        key="forgotten-await",
+        error="AttributeError",
+        summary="a coroutine was used as if it were its result.",
+        cause="without await, session.execute(...) returns a coroutine that has not run yet.",
+        fix="await every AsyncSession call: result = await session.execute(...).",
+        notebook="04_crud.ipynb",
+        heading="Pitfall: a forgotten `await`",
+        matches=_is("AttributeError", "'coroutine' object has no attribute"),
     ),
     Pitfall(
         key="expired-attribute",
@@ -191,7 +215,7 @@ PITFALLS: tuple[Pitfall, ...] = (
         cause="a session (and its connection) runs one operation at a time; gather() started two.",
         fix="give each task its own session: async with session_factory() as session, inside the task.",
         notebook="08_concurrency.ipynb",
-        heading="Pitfall: one session shared by concurrent tasks",
+        heading="Pitfall: one session shared by `asyncio.gather`",
         matches=_is("InvalidRequestError", "concurrent operations are not permitted"),
     ),
     Pitfall(
@@ -201,7 +225,7 @@ PITFALLS: tuple[Pitfall, ...] = (
         cause="one task changed the session's state in the middle of another task's operation.",
         fix="one session per task; await every operation before closing or committing the session.",
         notebook="08_concurrency.ipynb",
-        heading="Pitfall: one session shared by concurrent tasks",
+        heading="Pitfall: `IllegalStateChangeError` when `async with` closes a session in use",
         matches=_is("IllegalStateChangeError"),
     ),
     Pitfall(
@@ -211,7 +235,7 @@ PITFALLS: tuple[Pitfall, ...] = (
         cause="two tasks shared a session, so they shared its single asyncpg connection.",
         fix="one session per task; bound the number of tasks with a semaphore sized to the pool.",
         notebook="08_concurrency.ipynb",
-        heading="Pitfall: one session shared by concurrent tasks",
+        heading='Pitfall: asyncpg\'s "another operation is in progress"',
         matches=_is("InterfaceError", "another operation is in progress"),
         backend="postgresql",
     ),
@@ -222,7 +246,7 @@ PITFALLS: tuple[Pitfall, ...] = (
         cause="every pooled connection (pool_size + max_overflow) was checked out and held.",
         fix="close sessions promptly (async with), bound concurrency to the pool, or size the pool.",
         notebook="01_engine_setup.ipynb",
-        heading="Pitfall: exhausting the connection pool",
+        heading="Pitfall: an exhausted pool",
         matches=_is("TimeoutError", "QueuePool limit"),
     ),
     Pitfall(
