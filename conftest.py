@@ -66,6 +66,8 @@ def pytest_configure(config: pytest.Config) -> None:
     except DatabaseConfigError as exc:
         raise pytest.UsageError(str(exc)) from None
     config.stash[BACKEND_KEY] = backend
+    if not hasattr(config.option, "nbval"):  # pytest -p no:nbval: unit tests only
+        return
     if not config.option.nbval_sanitize_with:  # absolute, so pytest works from any directory
         config.option.nbval_sanitize_with = str(ROOT / "tests" / "sanitize.cfg")
     if backend == "postgresql" and config.option.nbval:
@@ -112,7 +114,9 @@ def pytest_runtest_call(item: pytest.Item):
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """On the main process: fail the run if it left database files or connections behind."""
     config = session.config
-    if hasattr(config, "workerinput") or (not config.option.nbval and not config.option.nbval_lax):
+    if hasattr(config, "workerinput") or not (
+        getattr(config.option, "nbval", False) or getattr(config.option, "nbval_lax", False)
+    ):
         return
     problems = []
     strays = subprocess.run(

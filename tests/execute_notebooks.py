@@ -105,6 +105,7 @@ def execute(nb: Any, path: Path, env: dict[str, str], timeout: int) -> float:
         timeout=timeout,
         kernel_name="python3",
         resources={"metadata": {"path": str(path.parent)}},
+        record_timing=False,  # no per-cell timestamps in the stored metadata
         allow_errors=False,  # cells tagged raises-exception may still raise
     )
     client.execute(env=env)  # the kernel's whole environment
