@@ -85,6 +85,10 @@ async def _run(answer: Answer, engine: AsyncEngine) -> tuple[Any, QueryRecorder,
     return result, queries, hint
 
 
+def _queries(count: int) -> str:
+    return f"{count} query" if count == 1 else f"{count} queries"
+
+
 def _as_list(exercise: str, result: Any) -> tuple[list[Any] | None, Verdict | None]:
     if not isinstance(result, Sequence) or isinstance(result, str | bytes):
         kind = type(result).__name__
@@ -125,7 +129,7 @@ async def check_authors_with_posts(authors_with_posts: Answer, engine: AsyncEngi
     titles = {u.name: [p.title for p in u.posts] for u in users}
     if titles != expected:
         return wrong("06.1", "the posts loaded for some users are not theirs, or not in id order.")
-    return correct("06.1", f"{len(users)} users with their posts in {queries.count} queries.")
+    return correct("06.1", f"{len(users)} users with their posts in {_queries(queries.count)}.")
 
 
 @check("06.2")
@@ -169,4 +173,4 @@ async def check_post_cards(post_cards: Answer, engine: AsyncEngine) -> Verdict:
             f"your function ran {queries.count} queries: the authors or tags were loaded one post at a "
             "time (N+1). Load both in the query: joinedload(Post.author), selectinload(Post.tags).",
         )
-    return correct("06.2", f"{len(cards)} plain cards built inside the session in {queries.count} queries.")
+    return correct("06.2", f"{len(cards)} plain cards built inside the session in {_queries(queries.count)}.")
