@@ -72,6 +72,10 @@ def test_links_resolve(path: Path) -> None:
 def test_outputs_come_from_one_clean_run(path: Path) -> None:
     nb = load(path)
     assert nb["metadata"]["kernelspec"]["name"] == "python3"
+    recorded = nb["metadata"].get("outputs", {})
+    assert recorded.get("backend") == "sqlite" and recorded.get("sqlalchemy"), (
+        "outputs must come from tests/execute_notebooks.py (it records the SQLAlchemy version)"
+    )
     code = [c for c in nb["cells"] if c["cell_type"] == "code"]
     counts = [c["execution_count"] for c in code]
     assert counts == list(range(1, len(code) + 1)), "re-run with tests/execute_notebooks.py"
