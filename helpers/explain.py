@@ -74,11 +74,12 @@ def _is(name: str, text: str = "") -> Callable[[BaseException], bool]:
     return matches
 
 
-def _missing_greenlet_via(frame: str) -> Callable[[BaseException], bool]:
+def _missing_greenlet_via(*frames: str) -> Callable[[BaseException], bool]:
+    """MissingGreenlet raised on the way through one of ``frames`` (names differ by release)."""
     is_missing_greenlet = _is("MissingGreenlet")
 
     def matches(exc: BaseException) -> bool:
-        return is_missing_greenlet(exc) and frame in _frames(exc)
+        return is_missing_greenlet(exc) and not _frames(exc).isdisjoint(frames)
 
     return matches
 
@@ -116,7 +117,11 @@ PITFALLS: tuple[Pitfall, ...] = (
         fix="install the extra: pip install 'sqlalchemy[asyncio]' (requirements.txt does).",
         notebook="00_start_here.ipynb",
         heading="Check your set-up",
-        matches=_is("ImportError", "requires that the Python 'greenlet' library"),
+        # 2.1 refuses the import; 2.0 imports, then fails at the first query with a ValueError
+        matches=lambda exc: (
+            _is("ImportError", "requires that the Python 'greenlet' library")(exc)
+            or _is("ValueError", "the greenlet library is required")(exc)
+        ),
     ),
     Pitfall(
         key="bad-dialect",
@@ -176,7 +181,7 @@ PITFALLS: tuple[Pitfall, ...] = (
         fix="read before commit(), expire_on_commit=False, await session.refresh(obj), or awaitable_attrs.",
         notebook="05_expire_on_commit.ipynb",
         heading="Pitfall: reading an attribute after commit",
-        matches=_missing_greenlet_via("_load_scalar_attributes"),
+        matches=_missing_greenlet_via("_load_scalar_attributes", "load_scalar_attributes"),
     ),
     Pitfall(
         key="detached",

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy
 
 from helpers.database import open_database
 from helpers.explain import PITFALLS, anchor
@@ -87,6 +88,12 @@ async def test_stored_errors_are_what_the_code_raises_now() -> None:
             gc.collect()
     now = "".join(f"{key:<21} {error}\n" for key, error in errors.items())
     stored = output_text(code_cell("errors = await capture(db)"))
+    stored_with = json.loads(SHEET.read_text())["metadata"]["outputs"]["sqlalchemy"]
+    if stored_with.split(".")[:2] != sqlalchemy.__version__.split(".")[:2]:
+        # another release series words some messages differently: every pitfall must still be
+        # raised and recognised by explain()
+        assert re.findall(r"^(\S+) ", stored, re.MULTILINE) == list(errors)
+        return
     assert stored == now, (
         "the stored errors are out of date: re-run tests/execute_notebooks.py on notebook 11"
     )

@@ -174,12 +174,20 @@ async def test_sync_driver() -> None:
 
 
 def test_greenlet_missing() -> None:
-    """Run the import in a child interpreter where greenlet cannot be imported."""
+    """Block greenlet in a child interpreter: 2.1 refuses the import, 2.0 the first query."""
     code = (
-        "import sys; sys.modules['greenlet'] = None\n"
-        "try:\n    import sqlalchemy.ext.asyncio\n"
-        "except ImportError as exc:\n"
-        "    from helpers.explain import find_pitfall; print(find_pitfall(exc).key)\n"
+        "import asyncio, sys; sys.modules['greenlet'] = None\n"
+        "async def first_query():\n"
+        "    from sqlalchemy import text\n"
+        "    from sqlalchemy.ext.asyncio import create_async_engine\n"
+        "    engine = create_async_engine('sqlite+aiosqlite://')\n"
+        "    async with engine.connect() as conn:\n"
+        "        await conn.execute(text('SELECT 1'))\n"
+        "try:\n    asyncio.run(first_query())\n"
+        "except (ImportError, ValueError) as exc:\n"
+        "    del sys.modules['greenlet']  # let helpers import SQLAlchemy again\n"
+        "    from helpers.explain import find_pitfall\n"
+        "    print(find_pitfall(exc).key)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert out.stdout.strip() == "greenlet-missing"

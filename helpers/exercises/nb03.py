@@ -43,7 +43,7 @@ async def check_session_factory(
     try:
         if not isinstance(session, AsyncSession):
             return wrong("03.1", f"the factory makes {type(session).__name__}, not AsyncSession.")
-        if session.bind is not engine:
+        if session.sync_session.bind is not engine.sync_engine:
             return wrong("03.1", "the factory's sessions are not bound to the engine you were given.")
         if session.sync_session.expire_on_commit:
             return wrong("03.1", "attributes are still expired on commit: pass expire_on_commit=False.")
@@ -85,7 +85,7 @@ async def check_get_session(
     if not isinstance(session, AsyncSession):
         await agen.aclose()  # type: ignore[attr-defined]
         return wrong("03.2", f"get_session yielded {type(session).__name__}; yield a session: factory().")
-    if session.bind is not engine:
+    if session.sync_session.bind is not engine.sync_engine:
         await session.close()
         await agen.aclose()  # type: ignore[attr-defined]
         return wrong("03.2", "the session did not come from the factory passed to get_session.")
