@@ -320,82 +320,27 @@ def session_lifecycle() -> Diagram:
         ax.add_patch(Rectangle((0.2, y - 0.42), 9.6, 0.84, facecolor=GREY_BG, edgecolor="none", zorder=0))
         ax.text(0.35, y, name, fontsize=10.5, fontweight="bold", color=INK, family=FONT, va="center")
     t = {"in": 1.7, "open": 2.45, "first": 3.85, "query2": 5.25, "commit": 6.65, "close": 8.05, "out": 8.9}
-    # bars: how long each thing is in use
-    ax.add_patch(Rectangle((t["in"], 3.93), t["out"] - t["in"], 0.34, facecolor=BLUE_BG, edgecolor=BLUE))
-    ax.add_patch(
-        Rectangle((t["open"], 2.93), t["close"] - t["open"], 0.34, facecolor=GREEN_BG, edgecolor=GREEN)
-    )
-    ax.add_patch(
-        Rectangle((t["first"], 1.93), t["commit"] - t["first"], 0.34, facecolor=AMBER_BG, edgecolor=AMBER)
-    )
-    ax.text(
-        (t["first"] + t["commit"]) / 2,
-        2.1,
-        "checked out: one transaction",
-        ha="center",
-        va="center",
-        fontsize=8.5,
-        color=AMBER,
-        family=FONT,
-        zorder=5,
-        bbox={"facecolor": AMBER_BG, "edgecolor": "none"},
-    )
-    ax.text(
-        (t["in"] + t["out"]) / 2,
-        4.1,
-        "your handler, e.g. a FastAPI endpoint",
-        ha="center",
-        va="center",
-        fontsize=8.5,
-        color=BLUE,
-        family=FONT,
-        zorder=5,
-        bbox={"facecolor": BLUE_BG, "edgecolor": "none"},
-    )
-    ax.text(
-        (t["open"] + t["first"]) / 2,
-        3.1,
-        "no connection yet",
-        ha="center",
-        va="center",
-        fontsize=8.5,
-        color=GREEN,
-        family=FONT,
-    )
-    ax.text(
-        (t["first"] + t["close"]) / 2 + 0.3,
-        3.1,
-        "tracks your objects (identity map)",
-        ha="center",
-        va="center",
-        fontsize=8.5,
-        color=GREEN,
-        family=FONT,
-        zorder=5,
-        bbox={"facecolor": GREEN_BG, "edgecolor": "none"},
-    )
-    ax.add_patch(Rectangle((t["in"], 0.93), t["first"] - t["in"], 0.34, facecolor="white", edgecolor=MUTED))
-    ax.add_patch(Rectangle((t["commit"], 0.93), 9.7 - t["commit"], 0.34, facecolor="white", edgecolor=MUTED))
-    ax.text(
-        (t["in"] + t["first"]) / 2,
-        1.1,
-        "idle in pool",
-        ha="center",
-        va="center",
-        fontsize=8.5,
-        color=MUTED,
-        family=FONT,
-    )
-    ax.text(
-        (t["commit"] + 9.7) / 2,
-        1.1,
-        "idle again, ready for the next request",
-        ha="center",
-        va="center",
-        fontsize=8.5,
-        color=MUTED,
-        family=FONT,
-    )
+
+    def bar(x0: float, x1: float, y0: float, face: str, edge: str) -> None:
+        """How long something is in use, on its lane."""
+        ax.add_patch(Rectangle((x0, y0), x1 - x0, 0.34, facecolor=face, edgecolor=edge))
+
+    def caption(x: float, y: float, text: str, color: str, background: str | None = None) -> None:
+        """A centred caption; with a background it masks the event lines behind it."""
+        masking = {"zorder": 5, "bbox": {"facecolor": background, "edgecolor": "none"}} if background else {}
+        ax.text(x, y, text, ha="center", va="center", fontsize=8.5, color=color, family=FONT, **masking)
+
+    bar(t["in"], t["out"], 3.93, BLUE_BG, BLUE)
+    bar(t["open"], t["close"], 2.93, GREEN_BG, GREEN)
+    bar(t["first"], t["commit"], 1.93, AMBER_BG, AMBER)
+    caption((t["first"] + t["commit"]) / 2, 2.1, "checked out: one transaction", AMBER, AMBER_BG)
+    caption((t["in"] + t["out"]) / 2, 4.1, "your handler, e.g. a FastAPI endpoint", BLUE, BLUE_BG)
+    caption((t["open"] + t["first"]) / 2, 3.1, "no connection yet", GREEN)
+    caption((t["first"] + t["close"]) / 2 + 0.3, 3.1, "tracks your objects (identity map)", GREEN, GREEN_BG)
+    bar(t["in"], t["first"], 0.93, "white", MUTED)
+    bar(t["commit"], 9.7, 0.93, "white", MUTED)
+    caption((t["in"] + t["first"]) / 2, 1.1, "idle in pool", MUTED)
+    caption((t["commit"] + 9.7) / 2, 1.1, "idle again, ready for the next request", MUTED)
     # events
     events = [
         (t["open"], 3.45, "async with\nfactory() as s:", BLUE),
