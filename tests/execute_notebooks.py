@@ -68,11 +68,29 @@ def clean_traceback_line(line: str) -> str:
     return sanitize(line.replace(str(ROOT) + "/", ""))
 
 
+def coalesce_streams(outputs: list[Any]) -> list[Any]:
+    """Join consecutive stdout (or stderr) chunks: how the kernel split them depends on timing."""
+    joined: list[Any] = []
+    for out in outputs:
+        previous = joined[-1] if joined else None
+        if (
+            out.output_type == "stream"
+            and previous is not None
+            and previous.output_type == "stream"
+            and previous.name == out.name
+        ):
+            previous.text += out.text
+        else:
+            joined.append(out)
+    return joined
+
+
 def clean_outputs(nb: Any) -> None:
     for cell in nb.cells:
         if cell.cell_type != "code":
             continue
-        for out in cell.get("outputs", []):
+        cell.outputs = coalesce_streams(cell.get("outputs", []))
+        for out in cell.outputs:
             if out.output_type == "stream":
                 out.text = sanitize(out.text)
             elif out.output_type in ("execute_result", "display_data"):
