@@ -91,6 +91,11 @@ def _canvas(
     return fig, ax
 
 
+def _heading(ax: Any, y: float, text: str) -> None:
+    """The diagram's title line, at the top left."""
+    ax.text(0.25, y, text, fontsize=14, fontweight="bold", color=INK, family=FONT, va="center")
+
+
 def _box(
     ax: Any,
     x: float,
@@ -186,16 +191,7 @@ def _arrow(
 def object_states() -> Diagram:
     """The states of an ORM object in an AsyncSession, and the calls that move it between them."""
     fig, ax = _canvas("object states", 6.2, ymax=6.2)
-    ax.text(
-        0.25,
-        5.9,
-        "An ORM object's states in an AsyncSession",
-        fontsize=14,
-        fontweight="bold",
-        color=INK,
-        family=FONT,
-        va="center",
-    )
+    _heading(ax, 5.9, "An ORM object's states in an AsyncSession")
     w, h = 1.6, 0.72
     at = {
         "transient": (1.05, 4.5),
@@ -305,16 +301,7 @@ def object_states() -> Diagram:
 def session_lifecycle() -> Diagram:
     """One request's AsyncSession borrowing a pooled connection, and giving it back."""
     fig, ax = _canvas("session life cycle", 5.4, ymax=5.4)
-    ax.text(
-        0.25,
-        5.1,
-        "One request: session → connection → pool",
-        fontsize=14,
-        fontweight="bold",
-        color=INK,
-        family=FONT,
-        va="center",
-    )
+    _heading(ax, 5.1, "One request: session → connection → pool")
     lanes = [("request", 4.1), ("AsyncSession", 3.1), ("connection", 2.1), ("pool", 1.1)]
     for name, y in lanes:
         ax.add_patch(Rectangle((0.2, y - 0.42), 9.6, 0.84, facecolor=GREY_BG, edgecolor="none", zorder=0))
@@ -446,16 +433,7 @@ def n_plus_one_timeline(rows: Mapping[str, Sequence[Any]] | None = None) -> Diag
     rows = dict(DEFAULT_TIMELINES if rows is None else rows)
     height = 1.6 + 0.95 * len(rows)
     fig, ax = _canvas("N+1 versus eager loading", height, ymax=height)
-    ax.text(
-        0.25,
-        height - 0.35,
-        "Round trips to the database: N+1 versus eager loading",
-        fontsize=14,
-        fontweight="bold",
-        color=INK,
-        family=FONT,
-        va="center",
-    )
+    _heading(ax, height - 0.35, "Round trips to the database: N+1 versus eager loading")
     longest = max(len(v) for v in rows.values())
     x0, x1 = 3.2, 9.75
     step = (x1 - x0) / max(longest, 5)
