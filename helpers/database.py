@@ -1,17 +1,22 @@
 """Choose, check, create and remove the private database each notebook works in.
 
 A notebook starts with ``db = await open_database("05_expire")`` and ends with
-``await db.close()``. Which server is used comes from the ``DATABASE_URL`` environment
+``await db.dispose()``. Which server is used comes from the ``DATABASE_URL`` environment
 variable:
 
 * unset (the default): SQLite through aiosqlite, in a fresh file inside a private
-  temporary directory; ``close()`` deletes the directory;
+  temporary directory;
 * ``sqlite+aiosqlite:///path/to/file.db``: the same, but the private file is created in
   that file's directory;
 * ``postgresql+asyncpg://user:password@host:port/dbname``: ``dbname`` is only used to
-  connect; each notebook run creates its own database ``asqla_<label>_<host>_<pid>`` and
-  ``close()`` drops it. Databases left by runs that died half-way (their process is gone)
-  are dropped the next time any notebook opens a database on the same machine.
+  connect; each notebook run creates its own database ``asqla_<label>_<host>_<pid>_<n>``.
+
+The database lives as long as the kernel: ``db.dispose()`` (the notebook's last cell) closes
+every connection but keeps the data, so after *Run All* every cell and exercise still works.
+The database is deleted when the kernel shuts down (restart, shut down, or JupyterLab
+closing), or at once with ``await db.close()``. Databases of kernels that died without
+shutting down (their process is gone) are deleted the next time any notebook opens one on
+the same machine.
 
 Every mistake in the URL, and a server that cannot be reached, raises
 :class:`DatabaseConfigError`: one sentence that names the URL (password hidden) and what
@@ -26,11 +31,13 @@ import contextlib
 import difflib
 import hashlib
 import importlib.util
+import itertools
 import os
 import re
 import shutil
 import socket
 import tempfile
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -187,12 +194,21 @@ class NotebookDatabase:
         where = f"{self._admin_url.host or 'localhost'}:{self._admin_url.port or 5432}"
         return f"PostgreSQL through asyncpg at {where}, in a private database dropped by db.close()"
 
+    async def dispose(self) -> None:
+        """Close every connection of the engines made here; keep them and the data usable.
+
+        ``AsyncEngine.dispose()`` empties the pool; the next statement opens a new connection,
+        so any cell can still be run afterwards. The database itself is deleted when the
+        kernel shuts down (or by :meth:`close`).
+        """
+        for engine in self._engines:
+            await engine.dispose()
+
     async def close(self) -> None:
         """Dispose every engine made here, then delete the private database. Safe to repeat."""
         if self._closed:
             return
-        for engine in self._engines:
-            await engine.dispose()
+        await self.dispose()
         self._engines.clear()
         self._engine = None
         await self._remove()
@@ -218,6 +234,7 @@ class NotebookDatabase:
 
 
 _OPEN: set[NotebookDatabase] = set()
+_SERIAL = itertools.count(1)  # a set-up cell run twice in one kernel gets a second database
 
 
 def _host_id() -> str:
@@ -292,7 +309,7 @@ async def abandoned_postgresql_databases(conn: Any) -> list[str]:
     )
     found = []
     for (name,) in rows:
-        match = re.fullmatch(rf"{_PREFIX}.*_([0-9a-f]{{6}})_(\d+)", name)
+        match = re.fullmatch(rf"{_PREFIX}.*_([0-9a-f]{{6}})_(\d+)_\d+", name)
         if match and match[1] == _host_id() and not _pid_alive(int(match[2])):
             found.append(name)
     return found
@@ -336,7 +353,7 @@ async def open_database(label: str, *, environ: dict[str, str] | None = None) ->
         url = URL.create("sqlite+aiosqlite", database=str(directory / f"{slug}.db"))
         db = NotebookDatabase(label=label, url=url, backend="sqlite", _directory=directory)
     else:
-        name = f"{_PREFIX}{slug}_{_host_id()}_{os.getpid()}"
+        name = f"{_PREFIX}{slug}_{_host_id()}_{os.getpid()}_{next(_SERIAL)}"
         conn = await _admin_connect(configured)
         try:
             for abandoned in await abandoned_postgresql_databases(conn):
@@ -361,15 +378,29 @@ async def open_database(label: str, *, environ: dict[str, str] | None = None) ->
     return db
 
 
-@atexit.register
 def _remove_forgotten() -> None:
-    """At interpreter exit (kernel shutdown), remove databases a notebook did not close."""
+    """At interpreter exit (kernel shutdown), remove every database this process still has.
+
+    Engines are disposed first: an open aiosqlite connection is a non-daemon thread that
+    would keep the process from exiting at all.
+    """
     if not _OPEN:
         return
     loop = asyncio.new_event_loop()
     try:
         for db in list(_OPEN):
             with contextlib.suppress(Exception):
-                loop.run_until_complete(db._remove())
+                loop.run_until_complete(asyncio.wait_for(db.dispose(), _CONNECT_TIMEOUT))
+            with contextlib.suppress(Exception):
+                loop.run_until_complete(asyncio.wait_for(db._remove(), _CONNECT_TIMEOUT))
     finally:
         loop.close()
+
+
+# threading's exit hooks run before Python waits for non-daemon threads (aiosqlite's);
+# plain atexit hooks run after, too late when a connection is still open.
+_register = getattr(threading, "_register_atexit", None)
+if _register is not None:
+    _register(_remove_forgotten)
+else:  # pragma: no cover - every CPython this project supports has it
+    atexit.register(_remove_forgotten)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import copy
 import os
+import platform
 import re
 import sys
 import time
@@ -85,8 +86,15 @@ def coalesce_streams(outputs: list[Any]) -> list[Any]:
     return joined
 
 
+#: Cell metadata that records a session rather than the lesson: JupyterLab's per-cell
+#: execution timestamps, and view state (scrolling, collapsing) of whoever saved the file.
+SESSION_METADATA = ("execution", "scrolled", "collapsed", "jupyter", "ExecuteTime")
+
+
 def clean_outputs(nb: Any) -> None:
     for cell in nb.cells:
+        for key in SESSION_METADATA:
+            cell.metadata.pop(key, None)
         if cell.cell_type != "code":
             continue
         cell.outputs = coalesce_streams(cell.get("outputs", []))
@@ -160,7 +168,11 @@ def process(path: Path, postgresql: str | None, timeout: int) -> str:
         code_cells = sum(c.cell_type == "code" for c in nb.cells)
         report += f"; {same}/{code_cells} cells identical on both"
     # recorded so that conftest.py knows which SQLAlchemy release series the outputs are from
-    nb.metadata["outputs"] = {"sqlalchemy": sqlalchemy.__version__, "backend": "sqlite"}
+    nb.metadata["outputs"] = {
+        "sqlalchemy": sqlalchemy.__version__,
+        "python": platform.python_version(),
+        "backend": "sqlite",
+    }
     nbformat.write(nb, path)
     return report
 

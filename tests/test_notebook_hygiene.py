@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 
 import pytest
+from execute_notebooks import SESSION_METADATA
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
@@ -76,6 +77,8 @@ def test_outputs_come_from_one_clean_run(path: Path) -> None:
     assert recorded.get("backend") == "sqlite" and recorded.get("sqlalchemy"), (
         "outputs must come from tests/execute_notebooks.py (it records the SQLAlchemy version)"
     )
+    stamped = [i for i, c in enumerate(nb["cells"]) if set(c.get("metadata", {})) & set(SESSION_METADATA)]
+    assert not stamped, f"cells {stamped} store session metadata (timestamps, view state): re-execute"
     code = [c for c in nb["cells"] if c["cell_type"] == "code"]
     counts = [c["execution_count"] for c in code]
     assert counts == list(range(1, len(code) + 1)), "re-run with tests/execute_notebooks.py"
@@ -112,7 +115,7 @@ def test_lesson_shape(path: Path) -> None:
     assert f"{number - 1:02d}" in neighbours, "no link to the previous notebook"
     assert f"{number + 1:02d}" in neighbours, "no link to the next notebook"
     code = [c for c in nb["cells"] if c["cell_type"] == "code"]
-    assert any("await db.close()" in "".join(c["source"]) for c in code[-3:]), "no clean-up at the end"
+    assert "await db.dispose()" in "".join(code[-1]["source"]), "no clean-up at the end"
     checks = [outputs_text(c) for c in code if "Exercise " in outputs_text(c)]
     assert checks, "no exercise self-check output"
     assert all("not attempted yet" in text for text in checks), "lesson placeholders must stay untouched"

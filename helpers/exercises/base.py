@@ -53,7 +53,8 @@ def not_attempted(exercise: str) -> Verdict:
     return Verdict(
         exercise,
         Status.NOT_ATTEMPTED,
-        "replace the placeholder in the cell above, run it, then run this cell again.",
+        "replace the placeholder (raise NotImplementedError) in this cell with your answer, then run "
+        "the cell again.",
     )
 
 
