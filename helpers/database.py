@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from sqlalchemy import event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -55,6 +56,7 @@ __all__ = [
     "configured_url",
     "hide_password",
     "open_database",
+    "sqlite_transactions",
     "validate_url",
 ]
 
@@ -146,6 +148,26 @@ def configured_url(environ: dict[str, str] | None = None) -> URL | None:
     return validate_url(raw) if raw else None
 
 
+def sqlite_transactions(engine: AsyncEngine) -> AsyncEngine:
+    """SQLAlchemy's recipe for (aio)sqlite: SQLAlchemy, not the driver, emits ``BEGIN``.
+
+    Python's ``sqlite3`` (under aiosqlite) begins a transaction by itself only before
+    INSERT/UPDATE/DELETE, so a SELECT or a SAVEPOINT runs outside any transaction. The recipe
+    (SQLAlchemy's SQLite dialect documentation; notebook 01 writes it out) turns that off on
+    every new connection and emits ``BEGIN`` whenever SQLAlchemy starts a transaction.
+    """
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _driver_stops_beginning(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _sqlalchemy_begins(connection: Any) -> None:
+        connection.exec_driver_sql("BEGIN")
+
+    return engine
+
+
 @dataclass
 class NotebookDatabase:
     """The private database of one notebook run, and the engines made for it.
@@ -181,8 +203,16 @@ class NotebookDatabase:
         return self._engine
 
     def create_engine(self, **kwargs: Any) -> AsyncEngine:
-        """``create_async_engine(self.url, **kwargs)``, remembered so ``close()`` disposes it."""
+        """``create_async_engine(self.url, **kwargs)``, remembered so ``close()`` disposes it.
+
+        On SQLite the engine gets :func:`sqlite_transactions` (SQLAlchemy's recipe, taught in
+        notebook 01), so transactions, savepoints and locks behave as they do on PostgreSQL.
+        A lesson that demonstrates the driver's default behaviour calls
+        ``create_async_engine(db.url)`` itself.
+        """
         engine = create_async_engine(self.url, **kwargs)
+        if self.is_sqlite:
+            sqlite_transactions(engine)
         self._engines.append(engine)
         return engine
 
