@@ -6,13 +6,13 @@ from collections.abc import AsyncIterator, Sequence
 
 import pytest
 import pytest_asyncio
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from helpers import open_database
 from helpers.exercises import nb04
 from helpers.exercises.base import Status
-from helpers.models import Post
+from helpers.models import Post, User
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -81,6 +81,58 @@ async def forgot_await(session: AsyncSession, before_id: int | None, size: int) 
     return await keyset(session, before_id, size)
 
 
+async def no_order(session: AsyncSession, before_id: int | None, size: int) -> Sequence[Post]:
+    stmt = select(Post).limit(size)
+    if before_id is not None:
+        stmt = stmt.where(Post.id < before_id)
+    return (await session.scalars(stmt)).all()
+
+
+async def greater_than(session: AsyncSession, before_id: int | None, size: int) -> Sequence[Post]:
+    stmt = select(Post).order_by(Post.id.desc()).limit(size)
+    if before_id is not None:
+        stmt = stmt.where(Post.id > before_id)
+    return (await session.scalars(stmt)).all()
+
+
+async def none_not_handled(session: AsyncSession, before_id: int | None, size: int) -> Sequence[Post]:
+    stmt = select(Post).where(Post.id < before_id).order_by(Post.id.desc()).limit(size)
+    return (await session.scalars(stmt)).all()
+
+
+async def sliced_in_python(session: AsyncSession, before_id: int | None, size: int) -> Sequence[Post]:
+    posts = (await session.scalars(select(Post).order_by(Post.id.desc()))).all()
+    return [post for post in posts if before_id is None or post.id < before_id][:size]
+
+
+async def scalar_result(session: AsyncSession, before_id: int | None, size: int) -> object:
+    stmt = select(Post).order_by(Post.id.desc()).limit(size)
+    if before_id is not None:
+        stmt = stmt.where(Post.id < before_id)
+    return await session.scalars(stmt)  # a ScalarResult, not a list
+
+
+async def rows_of_posts(session: AsyncSession, before_id: int | None, size: int) -> Sequence[object]:
+    stmt = select(Post).order_by(Post.id.desc()).limit(size)
+    if before_id is not None:
+        stmt = stmt.where(Post.id < before_id)
+    return (await session.execute(stmt)).all()  # Row objects wrapping the posts
+
+
+async def no_await_all(session: AsyncSession, before_id: int | None, size: int) -> Sequence[Post]:
+    stmt = select(Post).order_by(Post.id.desc()).limit(size)
+    if before_id is not None:
+        stmt = stmt.where(Post.id < before_id)
+    return session.scalars(stmt).all()  # type: ignore[attr-defined]
+
+
+async def returns_coroutine(session: AsyncSession, before_id: int | None, size: int) -> object:
+    stmt = select(Post).order_by(Post.id.desc()).limit(size)
+    if before_id is not None:
+        stmt = stmt.where(Post.id < before_id)
+    return session.scalars(stmt)
+
+
 async def placeholder_1(session: AsyncSession, before_id: int | None, size: int) -> Sequence[Post]:
     raise NotImplementedError("your code here")
 
@@ -102,9 +154,17 @@ async def test_posts_before_not_attempted(engine: AsyncEngine) -> None:
         (no_limit, ".limit(size)"),
         (less_or_equal, "Post.id < before_id"),
         (by_offset, "offset pagination"),
-        (rows, "return Post objects"),
+        (rows, "returned rows"),
         (one_by_one, "one SELECT per page"),
         (forgot_await, "an await is missing: coroutine 'AsyncSession.scalars' was never awaited"),
+        (no_order, "without ORDER BY"),
+        (greater_than, "Post.id < before_id"),
+        (none_not_handled, "refuses Post.id < None"),
+        (sliced_in_python, "cut the page in Python"),
+        (scalar_result, "iterated only once"),
+        (rows_of_posts, "returned rows"),
+        (no_await_all, "an await is missing: coroutine 'AsyncSession.scalars' was never awaited"),
+        (returns_coroutine, "returned the coroutine AsyncSession.scalars() instead"),
     ],
     ids=lambda v: getattr(v, "__name__", "hint"),
 )
@@ -156,12 +216,59 @@ async def wrong_count(session: AsyncSession, author_id: int) -> int:
     return await bulk_delete(session, author_id) + 1
 
 
+async def execute_not_awaited(session: AsyncSession, author_id: int) -> int:
+    result = session.execute(delete(Post).where(Post.author_id == author_id))
+    await session.commit()
+    return result.rowcount  # type: ignore[attr-defined]
+
+
+async def deletes_author(session: AsyncSession, author_id: int) -> int:
+    result = await session.execute(delete(User).where(User.id == author_id))
+    await session.commit()
+    return result.rowcount
+
+
+async def raw_sql(session: AsyncSession, author_id: int) -> int:
+    result = await session.execute(text("DELETE FROM posts WHERE author_id = :a"), {"a": author_id})
+    await session.commit()
+    return result.rowcount
+
+
+async def select_ids_then_delete(session: AsyncSession, author_id: int) -> int:
+    ids = (await session.scalars(select(Post.id).where(Post.author_id == author_id))).all()
+    await session.execute(delete(Post).where(Post.id.in_(ids)))
+    await session.commit()
+    return len(ids)
+
+
+async def returns_result(session: AsyncSession, author_id: int) -> object:
+    result = await session.execute(delete(Post).where(Post.author_id == author_id))
+    await session.commit()
+    return result
+
+
 async def placeholder_2(session: AsyncSession, author_id: int) -> int:
     raise NotImplementedError("your code here")
 
 
-async def test_delete_posts_of_correct(engine: AsyncEngine) -> None:
-    verdict = await nb04.check_delete_posts_of(bulk_delete, engine)
+async def delete_in_begin_block(session: AsyncSession, author_id: int) -> int:
+    async with session.begin():
+        result = await session.execute(delete(Post).where(Post.author_id == author_id))
+    return result.rowcount
+
+
+async def delete_returning(session: AsyncSession, author_id: int) -> int:
+    result = await session.execute(delete(Post).where(Post.author_id == author_id).returning(Post.id))
+    deleted = len(result.all())
+    await session.commit()
+    return deleted
+
+
+@pytest.mark.parametrize(
+    "answer", [bulk_delete, delete_in_begin_block, delete_returning], ids=lambda f: f.__name__
+)
+async def test_delete_posts_of_correct(engine: AsyncEngine, answer) -> None:
+    verdict = await nb04.check_delete_posts_of(answer, engine)
     assert verdict.status is Status.CORRECT, verdict
 
 
@@ -178,6 +285,11 @@ async def test_delete_posts_of_not_attempted(engine: AsyncEngine) -> None:
         (load_then_delete, "you loaded the posts first"),
         (returns_nothing, "returned None"),
         (wrong_count, "returned 3; it deleted 2"),
+        (execute_not_awaited, "an await is missing: coroutine 'AsyncSession.execute' was never awaited"),
+        (deletes_author, "delete(Post), not the author"),
+        (raw_sql, "SQL text"),
+        (select_ids_then_delete, "you loaded the posts first"),
+        (returns_result, "returned the CursorResult"),
     ],
     ids=lambda v: getattr(v, "__name__", "hint"),
 )
