@@ -9,26 +9,34 @@ from __future__ import annotations
 import tempfile
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
-from sqlalchemy import make_url, text
-from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
+from sqlalchemy import URL, event, make_url, text
+from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, ObjectNotExecutableError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from helpers.exercises.base import Verdict, check, correct, wrong
 
-__all__ = ["check_notes_url", "check_save_note"]
+__all__ = ["NOTES", "check_notes_url", "check_save_note"]
 
 
 @check("01.1")
 async def check_notes_url(notes_url: Callable[[Path], str]) -> Verdict:
     """``notes_url(path)`` must return ``sqlite+aiosqlite:///`` followed by the absolute path.
 
-    Only the URL is analysed until it is known to point at the temporary directory, so a
-    wrong answer never creates a database file anywhere else.
+    Paths are compared as :class:`~pathlib.Path` objects, so ``path.as_posix()`` and ``str(path)``
+    are both right on Windows too. Only the URL is analysed until it is known to point at the
+    temporary directory, so a wrong answer never creates a database file anywhere else.
     """
     with tempfile.TemporaryDirectory(prefix="exercise-01-1-") as directory:
         path = Path(directory) / "notes.db"
         raw = notes_url(path)
+        if isinstance(raw, URL):
+            return wrong(
+                "01.1",
+                "you returned a URL object; the function promises a str: return "
+                "url.render_as_string(hide_password=False).",
+            )
         if not isinstance(raw, str):
             return wrong("01.1", f"return the URL as a str, not {type(raw).__name__}.")
         try:
@@ -52,13 +60,15 @@ async def check_notes_url(notes_url: Callable[[Path], str]) -> Verdict:
             )
         if url.database in (None, "", ":memory:"):
             return wrong("01.1", "that URL is an in-memory database; the exercise wants a file at `path`.")
-        if url.database != str(path):
-            if url.database == str(path).lstrip("/"):
-                return wrong(
-                    "01.1",
-                    "your URL names a relative path: an absolute path needs four slashes in "
-                    "total, 'sqlite+aiosqlite:////abs/file.db' (three, then the path's own '/').",
-                )
+        named = Path(url.database)
+        if not named.is_absolute():
+            return wrong(
+                "01.1",
+                f"your URL names the relative path {url.database!r}, which SQLite would look up "
+                "from the working directory. After 'sqlite+aiosqlite:///' comes the absolute path "
+                "itself, its leading '/' included (four slashes in all on Linux and macOS).",
+            )
+        if named != path:
             return wrong("01.1", f"the URL points at {url.database!r}, not at the path it was given.")
         engine = create_async_engine(url)
         try:
@@ -71,6 +81,18 @@ async def check_notes_url(notes_url: Callable[[Path], str]) -> Verdict:
     return correct("01.1", "an async SQLite URL for a file, and the file appears where it should.")
 
 
+#: The notes 01.2 saves, one per fresh table: an apostrophe, then double quotes, then both
+#: with a semicolon. Each has a word ("Brien", "Hoare", "Lovelace") that cannot vanish by
+#: escaping, so a value pasted into the SQL is found in the statement text.
+NOTES = (
+    "O'Brien's note",
+    'Tony Hoare said "null was my billion-dollar mistake"',
+    'Ada Lovelace\'s "first program"; no second one',
+)
+_MARKERS = ("Brien", "Hoare", "Lovelace")
+_BIND = "text('INSERT INTO notes (body) VALUES (:body)') with {'body': body}"
+
+
 async def _notes_table() -> AsyncEngine:
     engine = create_async_engine("sqlite+aiosqlite:///:memory:")
     async with engine.begin() as conn:
@@ -78,25 +100,64 @@ async def _notes_table() -> AsyncEngine:
     return engine
 
 
-@check("01.2")
-async def check_save_note(save_note: Callable[[AsyncEngine, str], Awaitable[None]]) -> Verdict:
-    """``save_note(engine, body)`` must store ``body`` unchanged, committed, exactly once."""
-    body = "O'Brien's note; it has quotes"
+def _contains(parameters: Any, body: str) -> bool:
+    """Whether ``body`` is among the bound values (a dict, a tuple, or a list of either)."""
+    if isinstance(parameters, dict):
+        return body in parameters.values()
+    if isinstance(parameters, (list, tuple)):
+        return any(value == body or _contains(value, body) for value in parameters)
+    return False
+
+
+async def _save_one(
+    save_note: Callable[[AsyncEngine, str], Awaitable[None]], body: str, marker: str
+) -> Verdict | None:
+    """Run the answer once on a fresh table; a hint if anything is wrong, else ``None``."""
     engine = await _notes_table()
+    sent: list[tuple[str, Any]] = []
+
+    def record(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, many: bool) -> None:
+        sent.append((statement, parameters))
+
+    event.listen(engine.sync_engine, "before_cursor_execute", record)
     try:
         try:
             await save_note(engine, body)
-        except DBAPIError as exc:
+        except ObjectNotExecutableError:
             return wrong(
                 "01.2",
-                "the database rejected your SQL "
-                f"({type(exc.orig).__name__}): the apostrophe in the note broke it. Write "
-                "text('INSERT INTO notes (body) VALUES (:body)') and pass {'body': body}.",
+                "conn.execute() takes a statement object, not a plain string: wrap the SQL in "
+                f"text(), as in {_BIND}.",
             )
+        except DBAPIError as exc:
+            if any(marker in statement for statement, _ in sent):
+                return wrong(
+                    "01.2",
+                    f"the database rejected your SQL ({type(exc.orig).__name__}) because the note "
+                    "was pasted into it and its quotes broke the statement. Never build SQL from "
+                    f"values: write {_BIND}.",
+                )
+            raise
         async with engine.connect() as conn:
             rows = (await conn.execute(text("SELECT body FROM notes ORDER BY id"))).scalars().all()
     finally:
         await engine.dispose()
+    inserts = [(s, p) for s, p in sent if s.lstrip().upper().startswith("INSERT")]
+    if not inserts:
+        return wrong(
+            "01.2",
+            "no INSERT reached the database. Is `await` missing before conn.execute(...)? "
+            "Without it the statement is never run.",
+        )
+    if any(marker in statement for statement, _ in inserts):
+        return wrong(
+            "01.2",
+            "the note's text is part of your SQL string (an f-string, format() or hand-made "
+            "escaping). It may run for this note, but another one can break or rewrite the "
+            f"statement. Send the value as a bound parameter: {_BIND}.",
+        )
+    if not any(_contains(parameters, body) for _, parameters in inserts):
+        return wrong("01.2", f"the INSERT did not send the note {body!r} unchanged as its parameter.")
     if not rows:
         return wrong(
             "01.2",
@@ -107,4 +168,14 @@ async def check_save_note(save_note: Callable[[AsyncEngine, str], Awaitable[None
         return wrong("01.2", f"{len(rows)} rows were saved; one call must insert exactly one.")
     if rows[0] != body:
         return wrong("01.2", f"the saved note is {rows[0]!r}, expected {body!r} unchanged.")
-    return correct("01.2", "one committed row, sent as a bound parameter.")
+    return None
+
+
+@check("01.2")
+async def check_save_note(save_note: Callable[[AsyncEngine, str], Awaitable[None]]) -> Verdict:
+    """``save_note(engine, body)`` must store ``body`` unchanged, committed, exactly once, and
+    send it as a bound parameter: the note's text must not appear in any INSERT statement."""
+    for body, marker in zip(NOTES, _MARKERS, strict=True):
+        if (verdict := await _save_one(save_note, body, marker)) is not None:
+            return verdict
+    return correct("01.2", "one committed row per call, the note sent as a bound parameter.")
