@@ -8,14 +8,28 @@ from dataclasses import dataclass
 
 import pytest
 import pytest_asyncio
-from sqlalchemy import select
+from sqlalchemy import ForeignKey, String, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
-from sqlalchemy.orm import joinedload, selectinload
+from sqlalchemy.orm import (
+    DeclarativeBase,
+    Mapped,
+    joinedload,
+    mapped_column,
+    raiseload,
+    relationship,
+    selectinload,
+    subqueryload,
+)
 
 from helpers import open_database
 from helpers.exercises import Status
-from helpers.exercises.nb06 import check_authors_with_posts, check_post_cards, expected_cards
-from helpers.models import Post, User
+from helpers.exercises.nb06 import (
+    check_authors_with_posts,
+    check_post_cards,
+    expected_cards,
+    load_check_data,
+)
+from helpers.models import Post, Tag, User
 
 pytestmark = [
     pytest.mark.asyncio(loop_scope="module"),
@@ -34,11 +48,30 @@ async def engine() -> AsyncIterator[AsyncEngine]:
         await db.close()
 
 
-async def test_expected_cards_follow_the_sample_data() -> None:  # async: module loop mark
+async def test_expected_cards_follow_the_check_data() -> None:  # async: module loop mark
     cards = expected_cards()
     assert len(cards) == 10
-    assert cards[1] == ("Loops before loops existed", "ada", ["orm", "sql"])
-    assert cards[8] == ("Software that must not fail", "margaret", ["async", "testing"])
+    assert cards[0] == ("Priority scheduling", "margaret", [])  # post 1: the last sample post
+    assert cards[1] == ("Software that must not fail", "margaret", ["async", "testing"])
+    assert cards[8] == ("Loops before loops existed", "ada", ["orm", "sql"])
+
+
+async def test_check_data_has_no_accidental_order(engine: AsyncEngine) -> None:
+    """What the checks rely on: without ORDER BY the rows do not come back in id order."""
+    await load_check_data(engine)
+    async with AsyncSession(engine) as session:
+        if engine.dialect.name == "sqlite":
+            await session.execute(select(func.count()).select_from(User))  # begin, then the pragma
+            await (await session.connection()).exec_driver_sql("PRAGMA reverse_unordered_selects = ON")
+        user_ids = list((await session.scalars(select(User.id))).all())
+        post_ids = list((await session.scalars(select(Post.id))).all())
+        ada = await session.scalar(select(User).options(selectinload(User.posts)).where(User.id == 1))
+        assert ada is not None
+        ada_posts = [post.id for post in ada.posts]
+        if engine.dialect.name == "sqlite":
+            await (await session.connection()).exec_driver_sql("PRAGMA reverse_unordered_selects = OFF")
+    assert user_ids == [4, 3, 2, 1] and post_ids == list(range(10, 0, -1))
+    assert ada_posts == [8, 9, 10]  # the relationship's order_by still holds
 
 
 # 06.1 ---------------------------------------------------------------------------------------
@@ -54,7 +87,31 @@ async def authors_joined(session: AsyncSession) -> list[User]:
     return list((await session.scalars(statement)).unique().all())
 
 
-@pytest.mark.parametrize("answer", [authors_selectin, authors_joined])
+async def authors_subquery(session: AsyncSession) -> list[User]:
+    statement = select(User).options(subqueryload(User.posts)).order_by(User.id)
+    return list((await session.scalars(statement)).all())
+
+
+async def authors_sorted_in_python(session: AsyncSession) -> list[User]:
+    users = (await session.scalars(select(User).options(selectinload(User.posts)))).all()
+    return sorted(users, key=lambda user: user.id)
+
+
+async def authors_selectin_raiseload(session: AsyncSession) -> list[User]:
+    statement = select(User).options(selectinload(User.posts), raiseload("*")).order_by(User.id)
+    return list((await session.scalars(statement)).all())
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        authors_selectin,
+        authors_joined,
+        authors_subquery,
+        authors_sorted_in_python,
+        authors_selectin_raiseload,
+    ],
+)
 async def test_authors_accepts_eager_loading(engine: AsyncEngine, answer) -> None:
     verdict = await check_authors_with_posts(answer, engine)
     assert verdict.status is Status.CORRECT, verdict
@@ -84,8 +141,56 @@ async def authors_joined_without_unique(session: AsyncSession) -> list[User]:
 
 
 async def authors_unordered(session: AsyncSession) -> list[User]:
+    statement = select(User).options(selectinload(User.posts))  # no order_by
+    return list((await session.scalars(statement)).all())
+
+
+async def authors_joined_unordered(session: AsyncSession) -> list[User]:
+    statement = select(User).options(joinedload(User.posts))  # ordered by the posts' ids only
+    return list((await session.scalars(statement)).unique().all())
+
+
+async def authors_by_name_desc(session: AsyncSession) -> list[User]:
     statement = select(User).options(selectinload(User.posts)).order_by(User.name.desc())
     return list((await session.scalars(statement)).all())
+
+
+async def authors_refresh_loop(session: AsyncSession) -> list[User]:
+    users = (await session.scalars(select(User).order_by(User.id))).all()
+    for user in users:
+        await session.refresh(user, ["posts"])
+    return list(users)
+
+
+async def authors_raiseload_only(session: AsyncSession) -> list[User]:
+    users = (await session.scalars(select(User).options(raiseload("*")).order_by(User.id))).all()
+    return [user for user in users if user.posts is not None]
+
+
+class SelectinBase(DeclarativeBase):
+    pass
+
+
+class Author(SelectinBase):
+    """The lesson's lazy="selectin" mapping of the users table."""
+
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(50))
+    posts: Mapped[list[Article]] = relationship(lazy="selectin", order_by="Article.id")
+
+
+class Article(SelectinBase):
+    __tablename__ = "posts"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    title: Mapped[str] = mapped_column(String(200))
+    author_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+
+
+async def authors_lazy_selectin_mapping(session: AsyncSession) -> list[Author]:
+    return list((await session.scalars(select(Author).order_by(Author.id))).all())
 
 
 async def authors_names_only(session: AsyncSession) -> list[str]:
@@ -108,7 +213,12 @@ async def authors_scalar_result(session: AsyncSession):
         (authors_not_loaded, "posts were not loaded"),
         (authors_n_plus_one, "N+1"),
         (authors_joined_without_unique, ".unique()"),
-        (authors_unordered, "order_by(User.id)"),
+        (authors_unordered, "add .order_by(User.id)"),
+        (authors_joined_unordered, "add .order_by(User.id)"),
+        (authors_by_name_desc, "add .order_by(User.id)"),
+        (authors_refresh_loop, "N+1"),
+        (authors_raiseload_only, "raiseload() (or lazy='raise') did its job: User.posts"),
+        (authors_lazy_selectin_mapping, 'Author.posts is mapped with lazy="selectin"'),
         (authors_names_only, "return User objects"),
         (authors_first_only, "expected the 4 users"),
         (authors_scalar_result, "return a list"),
@@ -153,7 +263,12 @@ async def cards_selectin_both(session: AsyncSession) -> list[PostCard]:
     return cards_from((await session.scalars(statement)).all())
 
 
-@pytest.mark.parametrize("answer", [cards_joined_and_selectin, cards_selectin_both])
+async def cards_joined_both_unique(session: AsyncSession) -> list[PostCard]:
+    statement = select(Post).options(joinedload(Post.author), joinedload(Post.tags)).order_by(Post.id)
+    return cards_from((await session.scalars(statement)).unique().all())
+
+
+@pytest.mark.parametrize("answer", [cards_joined_and_selectin, cards_selectin_both, cards_joined_both_unique])
 async def test_cards_accepts_eager_loading(engine: AsyncEngine, answer) -> None:
     verdict = await check_post_cards(answer, engine)
     assert verdict.status is Status.CORRECT, verdict
@@ -179,7 +294,35 @@ async def cards_orm_objects(session: AsyncSession) -> list[Post]:
 
 
 async def cards_unordered(session: AsyncSession) -> list[PostCard]:
+    statement = select(Post).options(joinedload(Post.author), selectinload(Post.tags))  # no order_by
+    return cards_from((await session.scalars(statement)).all())
+
+
+async def cards_by_title(session: AsyncSession) -> list[PostCard]:
     return sorted(await cards_joined_and_selectin(session), key=lambda card: card.title)
+
+
+async def cards_joined_tags_without_unique(session: AsyncSession) -> list[PostCard]:
+    statement = select(Post).options(joinedload(Post.author), joinedload(Post.tags)).order_by(Post.id)
+    return cards_from((await session.scalars(statement)).all())
+
+
+async def cards_raiseload_forgot_tags(session: AsyncSession) -> list[PostCard]:
+    statement = select(Post).options(joinedload(Post.author), raiseload("*")).order_by(Post.id)
+    return cards_from((await session.scalars(statement)).all())
+
+
+async def cards_dicts(session: AsyncSession) -> list[dict[str, object]]:
+    return [vars(card) for card in await cards_joined_and_selectin(session)]
+
+
+async def cards_tag_query_per_post(session: AsyncSession) -> list[PostCard]:
+    statement = select(Post).options(joinedload(Post.author)).order_by(Post.id)
+    cards = []
+    for post in (await session.scalars(statement)).all():
+        names = select(Tag.name).join(Tag.posts).where(Post.id == post.id).order_by(Tag.id)
+        cards.append(PostCard(post.title, post.author.name, list((await session.scalars(names)).all())))
+    return cards
 
 
 async def cards_author_objects(session: AsyncSession) -> list[PostCard]:
@@ -215,7 +358,12 @@ async def cards_first_five(session: AsyncSession) -> list[PostCard]:
         (cards_lazy, "MissingGreenlet: your code touched a relationship"),
         (cards_n_plus_one, "N+1"),
         (cards_orm_objects, "you returned ORM objects"),
-        (cards_unordered, "post id order"),
+        (cards_unordered, "add .order_by(Post.id)"),
+        (cards_by_title, "add .order_by(Post.id)"),
+        (cards_joined_tags_without_unique, ".unique()"),
+        (cards_raiseload_forgot_tags, "raiseload() (or lazy='raise') did its job: Post.tags"),
+        (cards_dicts, "not dicts"),
+        (cards_tag_query_per_post, "N+1"),
         (cards_author_objects, "author must be the author's name"),
         (cards_tag_objects, "tags must be a list of tag names"),
         (cards_reversed_tags, "some tag lists are wrong"),

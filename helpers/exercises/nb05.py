@@ -1,21 +1,25 @@
 """Self-checks for the exercises of notebook 05 (expire_on_commit).
 
 * 05.1 ``rename(session_factory, user_id, new_name)``: rename a user, commit, and return the
-  user's ``id``, ``name`` and ``email`` as a dict, although ``commit()`` expired the object
-  (the factory keeps the default ``expire_on_commit=True``).
+  user's ``id``, ``name`` and ``email`` as a dict, although ``commit()`` expired the object.
+  The factory keeps the default ``expire_on_commit=True``, and turning it off is the one fix
+  this exercise does not accept.
 * 05.2 ``current_email(session, user)``: the email the database holds *now* for an object the
   session loaded earlier (another session changed the row in between), with ``user`` showing
   it too.
 
 Both checks reload the sample data of :mod:`helpers.sample_data` into the engine they get.
+Each wrong answer a learner is likely to write gets its own hint; ``tests/test_exercises_nb05.py``
+has one test per hint.
 """
 
 from __future__ import annotations
 
-import contextlib
 import gc
+import logging
+import re
 import warnings
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from sqlalchemy import select, update
@@ -26,6 +30,7 @@ from sqlalchemy.orm.exc import DetachedInstanceError
 
 from helpers.exercises.base import Verdict, check, correct, wrong
 from helpers.models import User
+from helpers.queries import QueryRecorder
 from helpers.sample_data import load_sample_data
 
 __all__ = ["check_current_email", "check_rename", "missing_greenlet_in"]
@@ -34,13 +39,18 @@ Rename = Callable[[async_sessionmaker[AsyncSession], int, str], Awaitable[Any]]
 CurrentEmail = Callable[[AsyncSession, User], Awaitable[Any]]
 
 _NEW_NAME = "linus t."
+_OLD_EMAIL = "grace@example.com"
 _NEW_EMAIL = "grace@navy.example"
-_COROUTINE_WARNING = "coroutine 'Connection.cursor' was never awaited"
+#: the driver's own coroutines (aiosqlite's Connection.cursor, Connection.rollback, ...), which a
+#: refused load leaves behind: not the learner's forgotten await
+_DRIVER_COROUTINE = re.compile(r"(Connection|Cursor)\.")
+_NEVER_AWAITED = re.compile(r"coroutine '([\w.]+)' was never awaited")
 
 
 def missing_greenlet_in(exc: BaseException) -> MissingGreenlet | None:
-    """The ``MissingGreenlet`` behind ``exc``: ``exc`` itself (asyncpg) or the ``orig`` of a
-    ``StatementError`` (aiosqlite), else ``None``."""
+    """The ``MissingGreenlet`` behind ``exc``: ``exc`` itself (asyncpg; SQLAlchemy 2.0), or the
+    ``orig`` of a ``StatementError`` (aiosqlite under 2.1; ``DBAPIError`` with the SQLite
+    transaction recipe), else ``None``."""
     if isinstance(exc, MissingGreenlet):
         return exc
     if isinstance(exc, StatementError) and isinstance(exc.orig, MissingGreenlet):
@@ -48,43 +58,104 @@ def missing_greenlet_in(exc: BaseException) -> MissingGreenlet | None:
     return None
 
 
-@contextlib.contextmanager
-def _abandoned_coroutines_ignored() -> Iterator[None]:
-    """Run a learner's answer with aiosqlite's "never awaited" warning ignored.
+class _Run:
+    """What happened while the learner's answer ran: its result or the error it raised."""
 
-    When SQLAlchemy refuses an implicit load, aiosqlite has already created the coroutine for it;
-    Python warns about that coroutine on stderr whenever it is garbage-collected. Inside this
-    block the warning is ignored; call :func:`gc.collect` in it to get rid of such coroutines now.
+    def __init__(self) -> None:
+        self.result: Any = None
+        self.refused = False  # MissingGreenlet: an implicit load was refused
+        self.detached = False  # DetachedInstanceError
+        self.never_awaited: list[str] = []  # coroutines created and dropped, e.g. AsyncSession.commit
+
+
+async def _run_answer(answer: Callable[[], Awaitable[Any]]) -> _Run:
+    """Run a learner's answer and note what Python and SQLAlchemy only report on the side.
+
+    * "coroutine ... was never awaited" warnings: a forgotten ``await`` (recorded, then named
+      in the hint) and aiosqlite's abandoned driver coroutine after a refused load (dropped);
+      :func:`gc.collect` runs before the warning filter is restored, so both arrive now, not
+      in a later cell.
+    * The pool's "Exception during reset or similar" log: on an engine with the SQLite
+      transaction recipe, a load refused after commit() also fails the pool's rollback, and the
+      pool logs a second traceback on stderr. The verdict already says what went wrong.
     """
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=_COROUTINE_WARNING, category=RuntimeWarning)
-        yield
+    run = _Run()
+    pool_logger = logging.getLogger("sqlalchemy.pool")
+    level = pool_logger.level
+    pool_logger.setLevel(logging.CRITICAL)
+    try:
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always", RuntimeWarning)
+            try:
+                run.result = await answer()
+            except (MissingGreenlet, StatementError) as exc:
+                if missing_greenlet_in(exc) is None:
+                    raise
+                run.refused = True
+            except DetachedInstanceError:
+                run.detached = True
+            except AttributeError as exc:  # a coroutine used as its result: a forgotten await
+                if "'coroutine' object" not in str(exc):
+                    raise
+            gc.collect()  # the exception, its frames and what they held are gone by now
+    finally:
+        pool_logger.setLevel(level)
+    for warning in seen:
+        match = _NEVER_AWAITED.search(str(warning.message))
+        if match and not _DRIVER_COROUTINE.match(match[1]):
+            run.never_awaited.append(match[1])
+        elif not match:
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+    return run
+
+
+def _forgot_await(exercise: str, names: list[str]) -> Verdict:
+    call = names[0].rsplit(".", 1)[-1]
+    return wrong(
+        exercise,
+        f"{names[0]}() was called without await, so it never ran (Python warns: coroutine "
+        f"'{names[0]}' was never awaited); write await session.{call}(...).",
+    )
+
+
+class _WatchedFactory(async_sessionmaker[AsyncSession]):
+    """An ``async_sessionmaker`` that remembers the sessions it made, to read their settings later."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        super().__init__(engine)  # expire_on_commit=True, the default, on purpose
+        self.made: list[AsyncSession] = []
+
+    def __call__(self, **local_kw: Any) -> AsyncSession:
+        session = super().__call__(**local_kw)
+        self.made.append(session)
+        return session
 
 
 @check("05.1")
 async def check_rename(rename: Rename, engine: AsyncEngine) -> Verdict:
     """``rename`` must commit the new name and return the stored values as a plain dict."""
     await load_sample_data(engine)
-    factory = async_sessionmaker(engine)  # expire_on_commit=True, the default, on purpose
+    factory = _WatchedFactory(engine)
     expected = {"id": 3, "name": _NEW_NAME, "email": "linus@example.com"}
-    refused = False
-    with _abandoned_coroutines_ignored():
-        try:
-            result = await rename(factory, 3, _NEW_NAME)
-        except (MissingGreenlet, StatementError) as exc:
-            if missing_greenlet_in(exc) is None:
-                raise
-            refused = True
-        if refused:
-            gc.collect()
-    if refused:
+    run = await _run_answer(lambda: rename(factory, 3, _NEW_NAME))
+    if run.never_awaited:
+        return _forgot_await("05.1", run.never_awaited)
+    if run.refused:
         return wrong(
             "05.1",
             "MissingGreenlet: an attribute was read after commit() had expired it. Read the values "
             "before commit(), or reload them with await session.refresh(user) (or await "
             "user.awaitable_attrs.name) after it.",
         )
-    async with factory() as session:
+    if any(not session.sync_session.expire_on_commit for session in factory.made):
+        return wrong(
+            "05.1",
+            "you turned expire_on_commit off. That hides the error for every object of the session "
+            "and lets stale values through; this exercise keeps expiry on. Read the values before "
+            "commit(), or await session.refresh(user) after it.",
+        )
+    result = run.result
+    async with AsyncSession(engine) as session:
         stored = await session.scalar(select(User.name).where(User.id == 3))
     if stored != _NEW_NAME:
         return wrong(
@@ -101,8 +172,9 @@ async def check_rename(rename: Rename, engine: AsyncEngine) -> Verdict:
     if not isinstance(result, dict):
         return wrong("05.1", f"return a dict with keys 'id', 'name', 'email', not {type(result).__name__}.")
     if set(result) != set(expected):
-        keys = sorted(result)
-        return wrong("05.1", f"the dict needs exactly the keys 'id', 'name', 'email'; it has {keys}.")
+        keys = sorted(map(str, result))
+        hint = " (user.__dict__ holds SQLAlchemy's own state too)" if "_sa_instance_state" in result else ""
+        return wrong("05.1", f"the dict needs exactly the keys 'id', 'name', 'email'; it has {keys}{hint}.")
     if result["name"] == "linus":
         return wrong("05.1", "the dict holds the old name: read it after renaming (before or after commit).")
     if result != expected:
@@ -115,7 +187,6 @@ async def check_current_email(current_email: CurrentEmail, engine: AsyncEngine) 
     """``current_email`` must return the database's value and leave ``user`` showing it."""
     await load_sample_data(engine)
     factory = async_sessionmaker(engine, expire_on_commit=False)
-    refused = detached = False
     async with factory() as session:
         user = await session.get(User, 2)
         assert user is not None
@@ -123,32 +194,33 @@ async def check_current_email(current_email: CurrentEmail, engine: AsyncEngine) 
         async with factory() as other:  # meanwhile, someone else changes the row
             await other.execute(update(User).where(User.id == 2).values(email=_NEW_EMAIL))
             await other.commit()
-        with _abandoned_coroutines_ignored():
-            try:
-                answer = await current_email(session, user)
-            except (MissingGreenlet, StatementError) as exc:
-                if missing_greenlet_in(exc) is None:
-                    raise
-                refused = True
-            except DetachedInstanceError:
-                detached = True
-            if refused:
-                gc.collect()
+        with QueryRecorder(engine) as queries:
+            run = await _run_answer(lambda: current_email(session, user))
         shown = user.__dict__.get("email")
-    if refused:
+    answer = run.result
+    if run.never_awaited:
+        return _forgot_await("05.2", run.never_awaited)
+    if run.refused:
         return wrong(
             "05.2",
-            "MissingGreenlet: after session.expire(user) the next plain attribute read needs I/O; "
-            "await session.refresh(user) does the expiring and the reloading in one awaited step.",
+            "MissingGreenlet: after session.expire(user) (or expire_all()) the next plain read of "
+            "user.email needs I/O; await session.refresh(user) expires and reloads in one awaited step.",
         )
-    if detached:
+    if run.detached:
         return wrong("05.2", "DetachedInstanceError: keep using the session you were given; do not close it.")
-    if answer == "grace@example.com":
+    if answer == _OLD_EMAIL:
+        if "SELECT" not in queries.verbs():
+            return wrong(
+                "05.2",
+                "no query ran, so you got the value this session loaded before the change: user.email, "
+                "session.get() (it finds user in the identity map) and commit() (this session has "
+                "expire_on_commit=False) all keep it. await session.refresh(user) reloads the row.",
+            )
         return wrong(
             "05.2",
-            "that is the value this session loaded before the other session's change. A new "
-            "select(User) returns the same object from the identity map with its old values; "
-            "await session.refresh(user) (or execution_options(populate_existing=True)) reloads it.",
+            "your query fetched the new row, but the identity map handed back the object already "
+            "loaded, with its old values. await session.refresh(user), or add "
+            ".execution_options(populate_existing=True) to the select, overwrites them.",
         )
     if answer != _NEW_EMAIL:
         return wrong("05.2", f"expected the email the database holds now, {_NEW_EMAIL!r}; got {answer!r}.")
@@ -156,6 +228,6 @@ async def check_current_email(current_email: CurrentEmail, engine: AsyncEngine) 
         return wrong(
             "05.2",
             "the returned value is right, but the object still shows the old email (a column-only "
-            "select bypasses it): refresh the object itself, await session.refresh(user).",
+            "select or another session bypasses it): refresh the object itself, await session.refresh(user).",
         )
     return correct("05.2", "the object was reloaded from the database, not from the identity map.")
