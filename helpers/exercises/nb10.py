@@ -6,15 +6,16 @@
   fails against one with the commit-after-``yield`` bug from notebook 09.
 
 Both reload the sample data (:func:`helpers.sample_data.load_sample_data`) into the engine
-they are given. On SQLite that engine must carry the savepoint fix shown in the notebook.
+they are given. On SQLite that engine needs SQLAlchemy's transaction recipe (``db.engine``
+has it).
 """
 
 import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -30,6 +31,11 @@ async def _tags_named(engine: AsyncEngine, name: str) -> int:
         return await conn.scalar(select(func.count()).select_from(Tag).where(Tag.name == name)) or 0
 
 
+def _has_begin_listener(engine: AsyncEngine) -> bool:
+    """Whether a listener runs when SQLAlchemy starts a transaction (the SQLite recipe has one)."""
+    return len(engine.sync_engine.dispatch.begin) > 0
+
+
 @check("10.1")
 async def check_rolled_back_session(
     fixture: Callable[[AsyncEngine], AsyncIterator[AsyncSession]], engine: AsyncEngine
@@ -39,44 +45,79 @@ async def check_rolled_back_session(
     if not inspect.isasyncgenfunction(fixture):
         return wrong(exercise, "write an async generator: `async def ...(engine): ... yield session ...`.")
     await load_sample_data(engine)
-    async with asynccontextmanager(fixture)(engine) as session:
-        if not isinstance(session, AsyncSession):
-            return wrong(exercise, f"yield an AsyncSession, not {type(session).__name__}.")
-        session.add(Tag(name="kept-in-test"))
-        await session.commit()  # what the code under test does
-        session.add(Tag(name="async"))  # taken: the commit fails
-        try:
-            await session.commit()
-        except IntegrityError:
-            await session.rollback()
-        kept = await session.scalar(select(func.count()).select_from(Tag).where(Tag.name == "kept-in-test"))
-        if kept != 1:
-            return wrong(
-                exercise,
-                "a rollback inside the test also undid the work the test had committed before it: "
-                'create the session with join_transaction_mode="create_savepoint".',
+
+    phase = "test"
+    real_commits: list[str] = []  # COMMITs of a connection's outer transaction (not savepoints)
+
+    def on_commit(conn: Any) -> None:
+        real_commits.append(phase)
+
+    event.listen(engine.sync_engine, "commit", on_commit)
+    try:
+        async with asynccontextmanager(fixture)(engine) as session:
+            if not isinstance(session, AsyncSession):
+                return wrong(exercise, f"yield an AsyncSession, not {type(session).__name__}.")
+            session.add(Tag(name="kept-in-test"))
+            await session.commit()  # what the code under test does
+            session.add(Tag(name="async"))  # taken: the commit fails
+            try:
+                await session.commit()
+            except IntegrityError:
+                await session.rollback()
+            kept = await session.scalar(
+                select(func.count()).select_from(Tag).where(Tag.name == "kept-in-test")
             )
-    if await _tags_named(engine, "kept-in-test") != 0:
-        fix = (
-            " (on SQLite, also apply the savepoint fix to the engine)"
-            if engine.dialect.name == "sqlite"
-            else ""
-        )
+            phase = "teardown"
+    finally:
+        event.remove(engine.sync_engine, "commit", on_commit)
+
+    if "test" in real_commits:
         return wrong(
             exercise,
-            "the test's data survived the fixture: bind the session to a connection, begin a "
-            f"transaction on it, and roll that transaction back after the yield{fix}.",
+            "the test's session.commit() was a real COMMIT: bind the session to a connection whose "
+            "transaction the fixture began, AsyncSession(bind=conn, ...), so the test's commits "
+            "stay inside it.",
+        )
+    if kept != 1:
+        return wrong(
+            exercise,
+            "a rollback inside the test also undid the work the test had committed before it: "
+            'create the session with join_transaction_mode="create_savepoint".',
+        )
+    if "teardown" in real_commits:
+        return wrong(
+            exercise,
+            "your fixture committed the test's transaction at the end (transaction.commit(), or "
+            "engine.begin() as a context manager): roll it back instead.",
+        )
+    if await _tags_named(engine, "kept-in-test") != 0:
+        if engine.dialect.name == "sqlite" and not _has_begin_listener(engine):
+            return wrong(
+                exercise,
+                "the test's data survived the fixture because this SQLite engine lacks SQLAlchemy's "
+                "transaction recipe (no BEGIN before the savepoints): use db.engine, or apply the "
+                "recipe where you create the engine.",
+            )
+        return wrong(
+            exercise,
+            "the test's data survived the fixture: begin a transaction on the connection, and roll "
+            "it back after the yield.",
         )
     if engine.pool.checkedout():
         return wrong(exercise, "the connection was not returned: use `async with engine.connect() as conn:`.")
     return correct(exercise, "commits inside the test become savepoints, and the end rolls everything back.")
 
 
-def build_app(engine: AsyncEngine, *, commit_after_yield: bool) -> Any:
+AppKind = Literal["correct", "commit_after_yield", "broken"]
+
+
+def build_app(engine: AsyncEngine, kind: AppKind = "correct") -> Any:
     """A tiny users API: ``POST /users`` (201, 409 on a taken name or e-mail), ``GET /users/{id}``.
 
-    With ``commit_after_yield=True`` the session dependency commits after ``yield`` with the
-    default scope, so a duplicate is answered 201 and silently not written (notebook 09).
+    * ``"correct"``: the service flushes, builds the response and commits before returning.
+    * ``"commit_after_yield"``: the session dependency commits after ``yield`` with the default
+      scope, so a duplicate is answered 201 and silently not written (notebook 09).
+    * ``"broken"``: every request answers 500; a test that passes against it cannot fail.
     """
     from fastapi import Depends, FastAPI, HTTPException, Request
     from pydantic import BaseModel
@@ -98,7 +139,7 @@ def build_app(engine: AsyncEngine, *, commit_after_yield: bool) -> Any:
     async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
         async with request.app.state.sessions() as session:
             yield session
-            if commit_after_yield:
+            if kind == "commit_after_yield":
                 await session.commit()
 
     app = FastAPI(lifespan=lifespan)
@@ -106,20 +147,25 @@ def build_app(engine: AsyncEngine, *, commit_after_yield: bool) -> Any:
 
     @app.post("/users", status_code=201)
     async def register(data: UserCreate, session: session_dep) -> UserOut:
+        if kind == "broken":
+            raise HTTPException(500, "broken on purpose")
         user = User(name=data.name, email=data.email)
-        if commit_after_yield:
-            session.add(user)  # committed by the dependency, after the response
-            return UserOut(id=None, name=data.name, email=data.email)
+        session.add(user)
+        if kind == "commit_after_yield":
+            return UserOut(id=None, name=data.name, email=data.email)  # committed after the response
         try:
-            async with session.begin():
-                session.add(user)
-                await session.flush()
-                return UserOut(id=user.id, name=user.name, email=user.email)
+            await session.flush()
+            created = UserOut(id=user.id, name=user.name, email=user.email)
+            await session.commit()
         except IntegrityError:
+            await session.rollback()
             raise HTTPException(409, "name or e-mail already taken") from None
+        return created
 
     @app.get("/users/{user_id}")
     async def read(user_id: int, session: session_dep) -> UserOut:
+        if kind == "broken":
+            raise HTTPException(500, "broken on purpose")
         user = await session.get(User, user_id)
         if user is None:
             raise HTTPException(404, f"user {user_id} does not exist")
@@ -147,12 +193,13 @@ async def _run_test_against(test: Callable[[Any], Awaitable[None]], app: Any) ->
 
 @check("10.2")
 async def check_test_catches_bug(test: Callable[[Any], Awaitable[None]], engine: AsyncEngine) -> Verdict:
-    """Run the learner's test against the correct app, then against the commit-after-yield app."""
+    """Run the learner's test against the correct app, an app that always fails, and the
+    commit-after-yield app."""
     exercise = "10.2"
     if not inspect.iscoroutinefunction(test):
         return wrong(exercise, "write the test as `async def test_...(client): ...`.")
     await load_sample_data(engine)
-    failure = await _run_test_against(test, build_app(engine, commit_after_yield=False))
+    failure = await _run_test_against(test, build_app(engine, "correct"))
     if failure is not None:
         return wrong(
             exercise,
@@ -160,7 +207,14 @@ async def check_test_catches_bug(test: Callable[[Any], Awaitable[None]], engine:
             "a duplicate e-mail gets 409 there, a new user 201.",
         )
     await load_sample_data(engine)
-    failure = await _run_test_against(test, build_app(engine, commit_after_yield=True))
+    if await _run_test_against(test, build_app(engine, "broken")) is None:
+        return wrong(
+            exercise,
+            "your test also passes against an app that answers 500 to every request: it cannot fail. "
+            "Assert the status code of each response.",
+        )
+    await load_sample_data(engine)
+    failure = await _run_test_against(test, build_app(engine, "commit_after_yield"))
     if failure is None:
         return wrong(
             exercise,
