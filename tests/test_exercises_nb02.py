@@ -1,4 +1,9 @@
-"""Unit tests for the self-checks of notebook 02: right, wrong and untouched answers."""
+"""Unit tests for the self-checks of notebook 02: right, wrong and untouched answers.
+
+Every wrong answer below is one a learner plausibly types, most of them a mistake the lesson
+warns about (naive timestamps, float money, create_all on an AsyncEngine); each must get its
+own hint.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
-from sqlalchemy import DateTime, Float, MetaData, Numeric, String, func
+from sqlalchemy import DateTime, Float, MetaData, Numeric, String, func, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -73,6 +78,26 @@ async def test_product_not_attempted() -> None:
         ({"created_at": mapped_column(DateTime, server_default=func.now())}, "timezone=True"),
         ({"created_at": mapped_column(DateTime(timezone=True), default=datetime.utcnow)}, "utcnow"),
         ({"created_at": mapped_column(DateTime(timezone=True), nullable=True)}, "server_default"),
+        # a key made once, when the class is defined
+        ({"id": mapped_column(primary_key=True, default=uuid.uuid4())}, "calls uuid4 once"),
+        # Numeric column, but the annotation still says float
+        ({"price": (Mapped[float], mapped_column(Numeric(10, 2)))}, "annotated Mapped[float]"),
+        # naive local time from Python
+        ({"created_at": mapped_column(DateTime(timezone=True), default=datetime.now)}, "naive local times"),
+        # an aware Python default: right kind of value, but not the database's clock
+        (
+            {"created_at": mapped_column(DateTime(timezone=True), default=lambda: datetime.now(UTC))},
+            "your default runs in Python",
+        ),
+        # PostgreSQL's spelling, which SQLite does not know
+        (
+            {"created_at": mapped_column(DateTime(timezone=True), server_default=text("now()"))},
+            "PostgreSQL's spelling",
+        ),
+        # a string is a literal value, not a function call
+        ({"created_at": mapped_column(DateTime(timezone=True), server_default="now()")}, "literal value"),
+        # an index alone does not refuse duplicates
+        ({"sku": mapped_column(String(32), index=True)}, "unique=True"),
     ],
 )
 async def test_product_wrong(overrides, hint: str) -> None:
@@ -149,6 +174,52 @@ async def test_create_tables_only_one() -> None:
     verdict = await check_create_tables(create_tables)
     assert verdict.status is Status.WRONG
     assert "['authors']" in verdict.message
+
+
+async def test_create_tables_calls_create_all_itself() -> None:
+    async def create_tables(engine: AsyncEngine, metadata: MetaData) -> None:
+        async with engine.begin() as conn:
+            await conn.run_sync(metadata.create_all(conn))  # type: ignore[arg-type]
+
+    verdict = await check_create_tables(create_tables)
+    assert verdict.status is Status.WRONG
+    assert "without calling it" in verdict.message
+
+
+async def test_create_tables_sync_engine() -> None:
+    async def create_tables(engine: AsyncEngine, metadata: MetaData) -> None:
+        metadata.create_all(engine.sync_engine)
+
+    verdict = await check_create_tables(create_tables)
+    assert verdict.status is Status.WRONG
+    assert "engine.sync_engine cannot do I/O" in verdict.message
+
+
+async def test_create_tables_forgotten_await() -> None:
+    async def create_tables(engine: AsyncEngine, metadata: MetaData) -> None:
+        async with engine.begin() as conn:
+            conn.run_sync(metadata.create_all)  # the mistake under test: no await
+
+    verdict = await check_create_tables(create_tables)
+    assert verdict.status is Status.WRONG
+    assert "Is `await` missing" in verdict.message
+
+
+async def test_create_tables_of_another_metadata() -> None:
+    class Base(DeclarativeBase):
+        pass
+
+    class Customer(Base):
+        __tablename__ = "customers"
+        id: Mapped[int] = mapped_column(primary_key=True)
+
+    async def create_tables(engine: AsyncEngine, metadata: MetaData) -> None:
+        async with engine.begin() as conn:
+            await conn.run_sync(Base.metadata.create_all)
+
+    verdict = await check_create_tables(create_tables)
+    assert verdict.status is Status.WRONG
+    assert "of the metadata passed in" in verdict.message
 
 
 async def test_create_tables_other_attribute_error_is_reported() -> None:

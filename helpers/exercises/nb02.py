@@ -11,8 +11,13 @@ Each check runs the answer against a fresh in-memory SQLite database and dispose
 
 from __future__ import annotations
 
+import contextlib
+import gc
+import logging
+import typing
 import uuid
-from collections.abc import Awaitable, Callable
+import warnings
+from collections.abc import Awaitable, Callable, Iterator
 from decimal import Decimal
 from typing import Any
 
@@ -25,12 +30,14 @@ from sqlalchemy import (
     Numeric,
     String,
     Table,
+    TextClause,
     event,
     inspect,
     select,
 )
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, MissingGreenlet, StatementError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
+from sqlalchemy.orm import Mapped
 
 from helpers.exercises.base import Verdict, check, correct, wrong
 
@@ -39,6 +46,24 @@ __all__ = ["check_create_tables", "check_product_model", "sample_metadata"]
 
 def _column(table: Table, name: str) -> Column[Any] | None:
     return table.columns.get(name)
+
+
+def _annotation(product: Any, name: str) -> Any:
+    """The argument of ``Mapped[...]`` for attribute ``name``, or ``None`` if unknown."""
+    for klass in getattr(product, "__mro__", ()):
+        annotation = getattr(klass, "__annotations__", {}).get(name)
+        if annotation is None:
+            continue
+        if isinstance(annotation, str):  # from __future__ import annotations
+            return annotation.removeprefix("Mapped[").removesuffix("]").strip()
+        if typing.get_origin(annotation) is Mapped:
+            return typing.get_args(annotation)[0]
+        return None
+    return None
+
+
+def _is_func_now(default: Any) -> bool:
+    return getattr(getattr(default, "arg", None), "name", None) == "now"
 
 
 def _static_problems(product: Any) -> str | None:
@@ -57,6 +82,11 @@ def _static_problems(product: Any) -> str | None:
         return f"`id` must be `Mapped[uuid.UUID]` (SQLAlchemy's Uuid type), not {type(id_col.type).__name__}."
     if id_col.default is None:
         return "`id` has no Python default, so a new Product has no key: add default=uuid.uuid4."
+    if not id_col.default.is_callable:
+        return (
+            "default=uuid.uuid4() calls uuid4 once, when the class is defined, so every product "
+            "would get that same key. Pass the function itself: default=uuid.uuid4."
+        )
     price = table.c.price
     if not isinstance(price.type, Numeric) or not price.type.asdecimal:
         return "`price` must be `Mapped[Decimal]` stored as Numeric(10, 2); floats cannot hold 0.1 exactly."
@@ -65,18 +95,45 @@ def _static_problems(product: Any) -> str | None:
             f"`price` is Numeric({price.type.precision}, {price.type.scale}); "
             "the exercise asks for Numeric(10, 2)."
         )
+    if _annotation(product, "price") in (float, "float"):
+        return (
+            "`price` is stored as Numeric and comes back as Decimal, but it is annotated "
+            "Mapped[float]: write Mapped[Decimal], so the annotation tells the truth."
+        )
     created = table.c.created_at
     if not isinstance(created.type, DateTime) or not created.type.timezone:
         return (
             "`created_at` must be DateTime(timezone=True), so PostgreSQL keeps the instant, "
             "not a wall-clock reading."
         )
-    if created.default is not None and getattr(created.default.arg, "__name__", "") == "utcnow":
+    python_default = getattr(getattr(created.default, "arg", None), "__name__", "")
+    if python_default == "utcnow":
         return (
             "datetime.utcnow makes naive datetimes (and is deprecated in 3.12): "
             "use server_default=func.now()."
         )
+    if python_default == "now" and created.server_default is None:
+        return (
+            "default=datetime.now makes naive local times, in Python; the exercise wants the "
+            "database's clock: server_default=func.now()."
+        )
+    server = getattr(created.server_default, "arg", None)
+    if isinstance(server, str):
+        return (
+            f"server_default={server!r} is a literal value the database would store as it is, "
+            "not a function it calls: use server_default=func.now()."
+        )
+    if isinstance(server, TextClause) and "now" in server.text.lower():
+        return (
+            f"server_default=text({server.text!r}) is PostgreSQL's spelling, and SQLite has no "
+            "now(): func.now() writes the right SQL for each database (CURRENT_TIMESTAMP on SQLite)."
+        )
     if created.server_default is None:
+        if created.default is not None:
+            return (
+                "your default runs in Python, on the application's clock; the exercise wants "
+                "the database to fill `created_at`: server_default=func.now()."
+            )
         return "let the database fill `created_at`: server_default=func.now()."
     return None
 
@@ -130,6 +187,28 @@ def sample_metadata() -> MetaData:
     return metadata
 
 
+@contextlib.contextmanager
+def _quiet_pool() -> Iterator[None]:
+    """Keep the pool's 'Exception during reset' log and 'never awaited' warnings of a failed
+    answer off the learner's screen: the verdict explains the mistake."""
+    logger = logging.getLogger("sqlalchemy.pool")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL + 1)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            yield
+            gc.collect()
+    finally:
+        logger.setLevel(level)
+
+
+def _greenlet_error(exc: BaseException) -> bool:
+    return isinstance(exc, MissingGreenlet) or (
+        isinstance(exc, StatementError) and isinstance(exc.orig, MissingGreenlet)
+    )
+
+
 @check("02.2")
 async def check_create_tables(create_tables: Callable[[AsyncEngine, MetaData], Awaitable[None]]) -> Verdict:
     """``create_tables`` must create both tables of :func:`sample_metadata` and commit."""
@@ -138,20 +217,48 @@ async def check_create_tables(create_tables: Callable[[AsyncEngine, MetaData], A
     commits: list[object] = []
     event.listen(engine.sync_engine, "commit", commits.append)
     try:
-        try:
-            await create_tables(engine, metadata)
-        except AttributeError as exc:
-            if "_run_ddl_visitor" not in str(exc):
-                raise
-            return wrong(
-                "02.2",
-                "metadata.create_all() is synchronous and cannot take an AsyncEngine: inside "
-                "`async with engine.begin() as conn:` call `await conn.run_sync(metadata.create_all)`.",
-            )
+        with _quiet_pool():
+            try:
+                await create_tables(engine, metadata)
+            except AttributeError as exc:
+                if "_run_ddl_visitor" not in str(exc):
+                    raise
+                if "AsyncConnection" in str(exc):
+                    return wrong(
+                        "02.2",
+                        "you called metadata.create_all(conn) yourself; run_sync() must call it: "
+                        "pass the function without calling it, `await conn.run_sync(metadata.create_all)`.",
+                    )
+                return wrong(
+                    "02.2",
+                    "metadata.create_all() is synchronous and cannot take an AsyncEngine: inside "
+                    "`async with engine.begin() as conn:` call `await conn.run_sync(metadata.create_all)`.",
+                )
+            except Exception as exc:
+                if not _greenlet_error(exc):
+                    raise
+                return wrong(
+                    "02.2",
+                    "engine.sync_engine cannot do I/O on its own (MissingGreenlet): synchronous "
+                    "SQLAlchemy code runs only inside run_sync(). Write `async with engine.begin() "
+                    "as conn:` and `await conn.run_sync(metadata.create_all)`.",
+                )
         async with engine.connect() as conn:
             tables = await conn.run_sync(lambda sync_conn: sorted(inspect(sync_conn).get_table_names()))
     finally:
         await engine.dispose()
+    if not tables:
+        return wrong(
+            "02.2",
+            "no table was created. Is `await` missing before conn.run_sync(...)? Without it "
+            "create_all never runs.",
+        )
+    if not set(tables) & {"authors", "books"}:
+        return wrong(
+            "02.2",
+            f"the database has tables {tables}, not the ones of the `metadata` argument: create "
+            "the tables of the metadata passed in, not of your own Base.",
+        )
     if tables != ["authors", "books"]:
         return wrong("02.2", f"the database has tables {tables}, expected ['authors', 'books'].")
     if not commits:
