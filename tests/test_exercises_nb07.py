@@ -1,25 +1,25 @@
 """Unit tests for the self-checks of notebook 07: right, wrong and untouched answers.
 
-Each test gets a private database (SQLite by default, PostgreSQL with DATABASE_URL) holding
-the same three tables the notebook defines.
+One private database for the module (SQLite by default, PostgreSQL with DATABASE_URL) holds
+the two tables the notebook defines. Every wrong answer below is a mistake the lesson warns
+about; each must get its own hint.
 """
 
 from __future__ import annotations
 
-import hashlib
-import secrets
 from collections.abc import AsyncIterator
 from decimal import Decimal
 
 import pytest
 import pytest_asyncio
-from sqlalchemy import ForeignKey, Numeric, String, select
+from sqlalchemy import Numeric, String, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from helpers import open_database
 from helpers.exercises import Status
-from helpers.exercises.nb07 import check_create_user_with_key, check_transfer
+from helpers.exercises.nb07 import check_add_users, check_transfer
 
 Factory = async_sessionmaker[AsyncSession]
 
@@ -35,15 +35,6 @@ class User(Base):
     name: Mapped[str] = mapped_column(String(50), unique=True)
 
 
-class ApiKey(Base):
-    __tablename__ = "api_keys"
-
-    id: Mapped[int] = mapped_column(primary_key=True)
-    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
-    prefix: Mapped[str] = mapped_column(String(12))
-    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
-
-
 class Account(Base):
     __tablename__ = "accounts"
 
@@ -53,12 +44,15 @@ class Account(Base):
 
 
 class InsufficientFunds(Exception):
-    pass
+    def __init__(self, account_id: int, balance: Decimal, amount: Decimal) -> None:
+        super().__init__(f"account {account_id} holds {balance}, cannot send {amount}")
+        self.account_id, self.balance, self.amount = account_id, balance, amount
 
 
-# One private database for the module (the checks reset the rows they use), and one event
-# loop for the module, since an engine belongs to the loop it was first used on.
+# One private database and one event loop for the module: an engine belongs to the loop it
+# was first used on, and the checks reset the rows they use.
 pytestmark = pytest.mark.asyncio(loop_scope="module")
+GLOBAL: dict[str, Factory] = {}
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
@@ -67,25 +61,25 @@ async def Session() -> AsyncIterator[Factory]:
     try:
         async with db.engine.begin() as conn:
             await conn.run_sync(Base.metadata.create_all)
-        yield async_sessionmaker(db.engine, expire_on_commit=False)
+        GLOBAL["Session"] = async_sessionmaker(db.engine, expire_on_commit=False)
+        yield GLOBAL["Session"]
     finally:
         await db.close()
 
 
-def locking_select(*ids: int):
-    return select(Account).where(Account.id.in_(ids)).order_by(Account.id).with_for_update()
-
-
-# 07.1 ------------------------------------------------------------------------------------
+# 07.1 ------------------------------------------------------------------------------------------
 
 
 async def good_transfer(Session: Factory, from_id: int, to_id: int, amount: Decimal) -> None:
     async with Session.begin() as session:
-        accounts = {a.id: a for a in await session.scalars(locking_select(from_id, to_id))}
-        if accounts[from_id].balance < amount:
-            raise InsufficientFunds
-        accounts[from_id].balance -= amount
-        accounts[to_id].balance += amount
+        source = await session.get(Account, from_id)
+        target = await session.get(Account, to_id)
+        if source is None or target is None:
+            raise LookupError("no such account")
+        if source.balance < amount:
+            raise InsufficientFunds(from_id, source.balance, amount)
+        source.balance -= amount
+        target.balance += amount
 
 
 async def check_07_1(Session: Factory, transfer) -> object:
@@ -97,15 +91,18 @@ async def test_transfer_correct(Session: Factory) -> None:
     assert verdict.status is Status.CORRECT, verdict
 
 
-async def test_transfer_correct_with_two_ordered_gets(Session: Factory) -> None:
+async def test_transfer_correct_with_one_select_and_a_lock(Session: Factory) -> None:
     async def transfer(Session: Factory, from_id: int, to_id: int, amount: Decimal) -> None:
         async with Session.begin() as session:
-            first, second = sorted((from_id, to_id))
-            locked = {i: await session.get(Account, i, with_for_update=True) for i in (first, second)}
-            if locked[from_id].balance < amount:
-                raise InsufficientFunds
-            locked[from_id].balance -= amount
-            locked[to_id].balance += amount
+            rows = await session.scalars(
+                select(Account).where(Account.id.in_([from_id, to_id])).order_by(Account.id).with_for_update()
+            )
+            accounts = {account.id: account for account in rows}
+            source, target = accounts[from_id], accounts[to_id]
+            if source.balance < amount:
+                raise InsufficientFunds(from_id, source.balance, amount)
+            source.balance -= amount
+            target.balance += amount
 
     verdict = await check_07_1(Session, transfer)
     assert verdict.status is Status.CORRECT, verdict
@@ -119,101 +116,174 @@ async def test_transfer_not_attempted(Session: Factory) -> None:
     assert (await check_transfer(..., Session, Account, InsufficientFunds)).status is Status.NOT_ATTEMPTED
 
 
-async def no_lock(Session: Factory, from_id: int, to_id: int, amount: Decimal) -> None:
-    async with Session.begin() as session:
-        source, target = await session.get(Account, from_id), await session.get(Account, to_id)
-        if source.balance < amount:
-            raise InsufficientFunds
-        source.balance -= amount
-        target.balance += amount
-
-
-async def source_first(Session: Factory, from_id: int, to_id: int, amount: Decimal) -> None:
-    async with Session.begin() as session:
-        source = await session.get(Account, from_id, with_for_update=True)
-        target = await session.get(Account, to_id, with_for_update=True)
-        if source.balance < amount:
-            raise InsufficientFunds
-        source.balance -= amount
-        target.balance += amount
-
-
-async def unordered(Session: Factory, from_id: int, to_id: int, amount: Decimal) -> None:
-    async with Session.begin() as session:
-        stmt = select(Account).where(Account.id.in_([from_id, to_id])).with_for_update()
-        accounts = {a.id: a for a in await session.scalars(stmt)}
-        if accounts[from_id].balance < amount:
-            raise InsufficientFunds
-        accounts[from_id].balance -= amount
-        accounts[to_id].balance += amount
-
-
-async def value_error(Session: Factory, from_id: int, to_id: int, amount: Decimal) -> None:
-    async with Session.begin() as session:
-        accounts = {a.id: a for a in await session.scalars(locking_select(from_id, to_id))}
-        if accounts[from_id].balance < amount:
-            raise ValueError("insufficient funds")
-        accounts[from_id].balance -= amount
-        accounts[to_id].balance += amount
-
-
-async def overdraws(Session: Factory, from_id: int, to_id: int, amount: Decimal) -> None:
-    async with Session.begin() as session:
-        accounts = {a.id: a for a in await session.scalars(locking_select(from_id, to_id))}
-        accounts[from_id].balance -= amount
-        accounts[to_id].balance += amount
-
-
-async def commits_then_checks(Session: Factory, from_id: int, to_id: int, amount: Decimal) -> None:
-    async with Session() as session:
-        accounts = {a.id: a for a in await session.scalars(locking_select(from_id, to_id))}
-        accounts[from_id].balance -= amount
-        accounts[to_id].balance += amount
-        await session.commit()
-        if accounts[from_id].balance < 0:
-            raise InsufficientFunds
-
-
 async def never_commits(Session: Factory, from_id: int, to_id: int, amount: Decimal) -> None:
     async with Session() as session:
-        accounts = {a.id: a for a in await session.scalars(locking_select(from_id, to_id))}
-        accounts[from_id].balance -= amount
-        accounts[to_id].balance += amount
-
-
-async def strict_comparison(Session: Factory, from_id: int, to_id: int, amount: Decimal) -> None:
-    async with Session.begin() as session:
-        accounts = {a.id: a for a in await session.scalars(locking_select(from_id, to_id))}
-        if accounts[from_id].balance <= amount:
-            raise InsufficientFunds
-        accounts[from_id].balance -= amount
-        accounts[to_id].balance += amount
+        source, target = await session.get(Account, from_id), await session.get(Account, to_id)
+        source.balance -= amount
+        target.balance += amount
 
 
 async def backwards(Session: Factory, from_id: int, to_id: int, amount: Decimal) -> None:
     await good_transfer(Session, to_id, from_id, amount)
 
 
+async def two_transactions(Session: Factory, from_id: int, to_id: int, amount: Decimal) -> None:
+    async with Session.begin() as session:
+        source = await session.get(Account, from_id)
+        if source.balance < amount:
+            raise InsufficientFunds(from_id, source.balance, amount)
+        source.balance -= amount
+    async with Session.begin() as session:
+        (await session.get(Account, to_id)).balance += amount
+
+
+async def read_then_write(Session: Factory, from_id: int, to_id: int, amount: Decimal) -> None:
+    async with Session() as session:  # read, then the session closes: transaction one
+        source, target = await session.get(Account, from_id), await session.get(Account, to_id)
+        source_balance, target_balance = source.balance, target.balance
+    if source_balance < amount:
+        raise InsufficientFunds(from_id, source_balance, amount)
+    async with Session.begin() as session:  # write: transaction two
+        await session.execute(
+            update(Account).where(Account.id == from_id).values(balance=source_balance - amount)
+        )
+        await session.execute(
+            update(Account).where(Account.id == to_id).values(balance=target_balance + amount)
+        )
+
+
 async def float_amount(Session: Factory, from_id: int, to_id: int, amount: Decimal) -> None:
     async with Session.begin() as session:
-        accounts = {a.id: a for a in await session.scalars(locking_select(from_id, to_id))}
-        accounts[from_id].balance -= float(amount)
-        accounts[to_id].balance += float(amount)
+        source, target = await session.get(Account, from_id), await session.get(Account, to_id)
+        if source.balance < amount:
+            raise InsufficientFunds(from_id, source.balance, amount)
+        source.balance -= float(amount)
+        target.balance += float(amount)
+
+
+async def float_balance(Session: Factory, from_id: int, to_id: int, amount: Decimal) -> None:
+    async with Session.begin() as session:
+        source, target = await session.get(Account, from_id), await session.get(Account, to_id)
+        if source.balance < amount:
+            raise InsufficientFunds(from_id, source.balance, amount)
+        source.balance = float(source.balance) - float(amount)
+        target.balance = float(target.balance) + float(amount)
+
+
+async def float_in_update(Session: Factory, from_id: int, to_id: int, amount: Decimal) -> None:
+    async with Session.begin() as session:
+        source = await session.get(Account, from_id)
+        await session.get(Account, to_id)
+        if source.balance < amount:
+            raise InsufficientFunds(from_id, source.balance, amount)
+        await session.execute(
+            update(Account).where(Account.id == from_id).values(balance=Account.balance - float(amount))
+        )
+        await session.execute(
+            update(Account).where(Account.id == to_id).values(balance=Account.balance + float(amount))
+        )
+
+
+async def strict_comparison(Session: Factory, from_id: int, to_id: int, amount: Decimal) -> None:
+    async with Session.begin() as session:
+        source, target = await session.get(Account, from_id), await session.get(Account, to_id)
+        if source.balance <= amount:
+            raise InsufficientFunds(from_id, source.balance, amount)
+        source.balance -= amount
+        target.balance += amount
+
+
+async def value_error(Session: Factory, from_id: int, to_id: int, amount: Decimal) -> None:
+    async with Session.begin() as session:
+        source, target = await session.get(Account, from_id), await session.get(Account, to_id)
+        if source.balance < amount:
+            raise ValueError("insufficient funds")
+        source.balance -= amount
+        target.balance += amount
+
+
+async def overdraws(Session: Factory, from_id: int, to_id: int, amount: Decimal) -> None:
+    async with Session.begin() as session:
+        source, target = await session.get(Account, from_id), await session.get(Account, to_id)
+        source.balance -= amount
+        target.balance += amount
+
+
+async def commits_then_checks(Session: Factory, from_id: int, to_id: int, amount: Decimal) -> None:
+    async with Session() as session:
+        source, target = await session.get(Account, from_id), await session.get(Account, to_id)
+        source.balance -= amount
+        target.balance += amount
+        await session.commit()
+        if source.balance < 0:
+            raise InsufficientFunds(from_id, source.balance + amount, amount)
+
+
+async def error_without_details(Session: Factory, from_id: int, to_id: int, amount: Decimal) -> None:
+    async with Session.begin() as session:
+        source, target = await session.get(Account, from_id), await session.get(Account, to_id)
+        if source.balance < amount:
+            raise InsufficientFunds()  # type: ignore[call-arg]
+        source.balance -= amount
+        target.balance += amount
+
+
+async def error_with_wrong_details(Session: Factory, from_id: int, to_id: int, amount: Decimal) -> None:
+    async with Session.begin() as session:
+        source, target = await session.get(Account, from_id), await session.get(Account, to_id)
+        if source.balance < amount:
+            raise InsufficientFunds(to_id, target.balance, amount)
+        source.balance -= amount
+        target.balance += amount
+
+
+async def catches_inside(Session: Factory, from_id: int, to_id: int, amount: Decimal) -> None:
+    async with Session.begin() as session:
+        source = await session.get(Account, from_id)
+        if source.balance < amount:
+            raise InsufficientFunds(from_id, source.balance, amount)
+        source.balance -= amount
+        try:
+            target = await session.get(Account, to_id)
+            target.balance += amount
+        except Exception:
+            pass  # "log it and carry on": the block then commits the debit
+
+
+async def ignores_missing(Session: Factory, from_id: int, to_id: int, amount: Decimal) -> None:
+    async with Session.begin() as session:
+        source, target = await session.get(Account, from_id), await session.get(Account, to_id)
+        if source is None or target is None:
+            return
+        if source.balance < amount:
+            raise InsufficientFunds(from_id, source.balance, amount)
+        source.balance -= amount
+        target.balance += amount
+
+
+async def own_factory(Session: Factory, from_id: int, to_id: int, amount: Decimal) -> None:
+    await good_transfer(GLOBAL["Session"], from_id, to_id, amount)
 
 
 @pytest.mark.parametrize(
     ("answer", "hint"),
     [
-        (no_lock, "no SELECT locked the rows"),
-        (source_first, "lock in id order"),
-        (unordered, "without ORDER BY"),
+        (never_commits, "did the transaction commit"),
+        (backwards, "subtract from the source"),
+        (two_transactions, "ran 2 transactions"),
+        (read_then_write, "ran 2 transactions"),
+        (float_amount, "mixed Decimal and float"),
+        (float_balance, "a float reached balance"),
+        (float_in_update, "keep money Decimal"),  # 2.0 evaluates it in Python: TypeError
+        (strict_comparison, "whole balance"),
         (value_error, "raise the domain error InsufficientFunds"),
         (overdraws, "must be refused"),
         (commits_then_checks, "balances changed"),
-        (never_commits, "did the transaction commit"),
-        (strict_comparison, "whole balance"),
-        (backwards, "subtract from the source"),
-        (float_amount, "raised TypeError"),
+        (error_without_details, "InsufficientFunds(account_id, balance, amount)"),
+        (error_with_wrong_details, "the source account, its balance, the amount"),
+        (catches_inside, "the block committed the half that had run"),
+        (ignores_missing, "returned normally"),
+        (own_factory, "session factory passed to your function"),
     ],
 )
 async def test_transfer_wrong(Session: Factory, answer, hint: str) -> None:
@@ -222,151 +292,184 @@ async def test_transfer_wrong(Session: Factory, answer, hint: str) -> None:
     assert hint in verdict.message, verdict
 
 
-# 07.2 ------------------------------------------------------------------------------------
+# 07.2 ------------------------------------------------------------------------------------------
 
 
-def new_key() -> tuple[str, str, str]:
-    raw = "sk_" + secrets.token_urlsafe(32)
-    return raw, raw[:8], hashlib.sha256(raw.encode()).hexdigest()
-
-
-async def good_signup(Session: Factory, name: str) -> str:
-    raw, prefix, digest = new_key()
+async def good_add_users(Session: Factory, names: list[str]) -> list[str]:
+    skipped = []
     async with Session.begin() as session:
-        user = User(name=name)
-        session.add(user)
-        await session.flush()
-        session.add(ApiKey(user_id=user.id, prefix=prefix, key_hash=digest))
-    return raw
+        for name in names:
+            try:
+                async with session.begin_nested():
+                    session.add(User(name=name))
+            except IntegrityError:
+                skipped.append(name)
+    return skipped
 
 
-async def check_07_2(Session: Factory, signup) -> object:
-    return await check_create_user_with_key(signup, Session, User, ApiKey)
+async def check_07_2(Session: Factory, add_users) -> object:
+    return await check_add_users(add_users, Session, User)
 
 
-async def test_signup_correct_and_leaves_nothing(Session: Factory) -> None:
-    verdict = await check_07_2(Session, good_signup)
+async def test_add_users_correct_and_leaves_nothing(Session: Factory) -> None:
+    verdict = await check_07_2(Session, good_add_users)
     assert verdict.status is Status.CORRECT, verdict
     async with Session() as session:
         assert (await session.scalars(select(User.name).where(User.name.like("exercise-07-2-%")))).all() == []
 
 
-async def test_signup_not_attempted(Session: Factory) -> None:
-    async def placeholder(Session: Factory, name: str) -> str:
+async def test_add_users_correct_with_flush_and_a_look_first(Session: Factory) -> None:
+    async def add_users(Session: Factory, names: list[str]) -> list[str]:
+        skipped = []
+        async with Session.begin() as session:
+            existing = set(await session.scalars(select(User.name).where(User.name.in_(names))))
+            for name in names:
+                if name in existing:
+                    skipped.append(name)
+                    continue
+                nested = await session.begin_nested()
+                try:
+                    session.add(User(name=name))
+                    await session.flush()
+                except IntegrityError:
+                    await nested.rollback()
+                    skipped.append(name)
+                else:
+                    await nested.commit()
+        return skipped
+
+    verdict = await check_07_2(Session, add_users)
+    assert verdict.status is Status.CORRECT, verdict
+
+
+async def test_add_users_not_attempted(Session: Factory) -> None:
+    async def placeholder(Session: Factory, names: list[str]) -> list[str]:
         raise NotImplementedError
 
     assert (await check_07_2(Session, placeholder)).status is Status.NOT_ATTEMPTED
 
 
-async def stores_raw(Session: Factory, name: str) -> str:
-    raw, prefix, _ = new_key()
+async def no_savepoint(Session: Factory, names: list[str]) -> list[str]:
+    skipped = []
     async with Session.begin() as session:
-        user = User(name=name)
-        session.add(user)
-        await session.flush()
-        session.add(ApiKey(user_id=user.id, prefix=prefix, key_hash=raw[:64]))
-    return raw
+        for name in names:
+            session.add(User(name=name))
+            try:
+                await session.flush()
+            except IntegrityError:
+                skipped.append(name)
+    return skipped
 
 
-async def md5_hash(Session: Factory, name: str) -> str:
-    raw, prefix, _ = new_key()
+async def no_savepoint_commit_at_end(Session: Factory, names: list[str]) -> list[str]:
+    skipped = []
+    async with Session() as session:
+        for name in names:
+            session.add(User(name=name))
+            try:
+                await session.flush()
+            except IntegrityError:
+                skipped.append(name)
+        await session.commit()
+    return skipped
+
+
+async def no_savepoint_swallowing(Session: Factory, names: list[str]) -> list[str]:
+    skipped = []
     async with Session.begin() as session:
-        user = User(name=name)
-        session.add(user)
-        await session.flush()
-        session.add(ApiKey(user_id=user.id, prefix=prefix, key_hash=hashlib.md5(raw.encode()).hexdigest()))
-    return raw
+        for name in names:
+            session.add(User(name=name))
+            try:
+                await session.flush()
+            except Exception:
+                skipped.append(name)
+    return skipped
 
 
-async def short_prefix(Session: Factory, name: str) -> str:
-    raw, _, digest = new_key()
+async def rollback_instead(Session: Factory, names: list[str]) -> list[str]:
+    skipped = []
+    async with Session() as session:
+        for name in names:
+            session.add(User(name=name))
+            try:
+                await session.flush()
+            except IntegrityError:
+                await session.rollback()
+                skipped.append(name)
+        await session.commit()
+    return skipped
+
+
+async def commit_each(Session: Factory, names: list[str]) -> list[str]:
+    skipped = []
+    for name in names:
+        try:
+            async with Session.begin() as session:
+                session.add(User(name=name))
+        except IntegrityError:
+            skipped.append(name)
+    return skipped
+
+
+async def catch_everything(Session: Factory, names: list[str]) -> list[str]:
+    skipped = []
     async with Session.begin() as session:
-        user = User(name=name)
-        session.add(user)
-        await session.flush()
-        session.add(ApiKey(user_id=user.id, prefix=raw[:6], key_hash=digest))
-    return raw
+        for name in names:
+            try:
+                async with session.begin_nested():
+                    session.add(User(name=name))
+            except Exception:
+                skipped.append(name)
+    return skipped
 
 
-async def two_transactions(Session: Factory, name: str) -> str:
-    raw, prefix, digest = new_key()
+async def try_inside_the_savepoint(Session: Factory, names: list[str]) -> list[str]:
+    skipped = []
     async with Session.begin() as session:
-        user = User(name=name)
-        session.add(user)
+        for name in names:
+            async with session.begin_nested():
+                try:
+                    session.add(User(name=name))
+                except IntegrityError:
+                    skipped.append(name)
+    return skipped
+
+
+async def look_first(Session: Factory, names: list[str]) -> list[str]:
     async with Session.begin() as session:
-        session.add(ApiKey(user_id=user.id, prefix=prefix, key_hash=digest))
-    return raw
+        existing = set(await session.scalars(select(User.name).where(User.name.in_(names))))
+        session.add_all([User(name=name) for name in names if name not in existing])
+    return [name for name in names if name in existing]
 
 
-async def swallows(Session: Factory, name: str) -> str:
-    try:
-        return await good_signup(Session, name)
-    except Exception:
-        return "sk_" + secrets.token_urlsafe(32)
-
-
-async def constant_key(Session: Factory, name: str) -> str:
-    raw = "sk_" + "x" * 40
+async def returns_added(Session: Factory, names: list[str]) -> list[str]:
+    added = []
     async with Session.begin() as session:
-        user = User(name=name)
-        session.add(user)
-        await session.flush()
-        digest = hashlib.sha256((raw + name).encode()).hexdigest()  # unique, but not of the key
-        session.add(ApiKey(user_id=user.id, prefix=raw[:8], key_hash=digest))
-    return raw
-
-
-async def short_key(Session: Factory, name: str) -> str:
-    raw = secrets.token_hex(4)
-    async with Session.begin() as session:
-        user = User(name=name)
-        session.add(user)
-        await session.flush()
-        session.add(
-            ApiKey(user_id=user.id, prefix=raw[:8], key_hash=hashlib.sha256(raw.encode()).hexdigest())
-        )
-    return raw
-
-
-async def returns_nothing(Session: Factory, name: str) -> None:
-    await good_signup(Session, name)
+        for name in names:
+            try:
+                async with session.begin_nested():
+                    session.add(User(name=name))
+                added.append(name)
+            except IntegrityError:
+                pass
+    return added
 
 
 @pytest.mark.parametrize(
     ("answer", "hint"),
     [
-        (stores_raw, "raw key is stored"),
-        (md5_hash, "hashlib.sha256"),
-        (short_prefix, "first 8 characters"),
-        (two_transactions, "user row was committed"),
-        (swallows, "do not swallow"),
-        (constant_key, "hashlib.sha256"),
-        (short_key, "guessable"),
-        (returns_nothing, "as a str"),
+        (no_savepoint, "a failed flush rolls back the whole transaction"),
+        (no_savepoint_commit_at_end, "a failed flush rolls back the whole transaction"),
+        (no_savepoint_swallowing, "no name of the batch was committed"),
+        (rollback_instead, "undoes everything since the transaction began"),
+        (commit_each, "ran 5 transactions"),
+        (catch_everything, "catch only IntegrityError"),
+        (try_inside_the_savepoint, "catch it around"),
+        (look_first, "Looking first cannot prevent that"),
+        (returns_added, "return the taken names in order"),
     ],
 )
-async def test_signup_wrong(Session: Factory, answer, hint: str) -> None:
+async def test_add_users_wrong(Session: Factory, answer, hint: str) -> None:
     verdict = await check_07_2(Session, answer)
     assert verdict.status is Status.WRONG, verdict
     assert hint in verdict.message, verdict
-
-
-async def test_signup_same_key_twice_is_rejected(Session: Factory) -> None:
-    fixed = "sk_" + secrets.token_urlsafe(32)
-    calls = 0
-
-    async def same_key(Session: Factory, name: str) -> str:
-        nonlocal calls
-        calls += 1
-        async with Session.begin() as session:
-            user = User(name=name)
-            session.add(user)
-            await session.flush()
-            # a different hash per row keeps the unique constraint quiet; the key repeats
-            digest = hashlib.sha256(fixed.encode()).hexdigest() if calls == 1 else "0" * 64
-            session.add(ApiKey(user_id=user.id, prefix=fixed[:8], key_hash=digest))
-        return fixed
-
-    verdict = await check_07_2(Session, same_key)
-    assert verdict.status is Status.WRONG, verdict
-    assert "same key" in verdict.message
