@@ -7,6 +7,7 @@ about; each must get its own hint.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from decimal import Decimal
 
@@ -18,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from helpers import open_database
-from helpers.exercises import Status
+from helpers.exercises import Status, nb07
 from helpers.exercises.nb07 import check_add_users, check_transfer
 
 Factory = async_sessionmaker[AsyncSession]
@@ -292,6 +293,24 @@ async def test_transfer_wrong(Session: Factory, answer, hint: str) -> None:
     assert hint in verdict.message, verdict
 
 
+async def two_sessions_one_row(Session: Factory, from_id: int, to_id: int, amount: Decimal) -> None:
+    async with Session.begin() as outer:
+        source = await outer.get(Account, from_id)
+        source.balance -= amount
+        await outer.flush()  # the row (PostgreSQL) or the database (SQLite) is now locked
+        async with Session.begin() as inner:  # a second session: waits for the first one's lock
+            (await inner.get(Account, from_id)).owner = "audited"
+            await inner.flush()
+        (await outer.get(Account, to_id)).balance += amount
+
+
+async def test_transfer_waiting_for_its_own_lock_is_stopped(Session: Factory, monkeypatch) -> None:
+    monkeypatch.setattr(nb07, "TIME_LIMIT", 1.0)
+    verdict = await check_07_1(Session, two_sessions_one_row)
+    assert verdict.status is Status.WRONG, verdict
+    assert "one session and one transaction" in verdict.message, verdict
+
+
 # 07.2 ------------------------------------------------------------------------------------------
 
 
@@ -453,6 +472,21 @@ async def returns_added(Session: Factory, names: list[str]) -> list[str]:
             except IntegrityError:
                 pass
     return added
+
+
+async def never_finishes(Session: Factory, names: list[str]) -> list[str]:
+    async with Session.begin() as session:
+        session.add(User(name=names[0]))
+        await session.flush()
+        await asyncio.Event().wait()  # stands in for a wait that never ends
+    return []
+
+
+async def test_add_users_that_never_finishes_is_stopped(Session: Factory, monkeypatch) -> None:
+    monkeypatch.setattr(nb07, "TIME_LIMIT", 0.5)
+    verdict = await check_07_2(Session, never_finishes)
+    assert verdict.status is Status.WRONG, verdict
+    assert "still running after" in verdict.message, verdict
 
 
 @pytest.mark.parametrize(

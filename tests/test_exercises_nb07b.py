@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from helpers import open_database
-from helpers.exercises import Status
+from helpers.exercises import Status, nb07
 from helpers.exercises.nb07b import check_locked_transfer, check_retry
 
 Factory = async_sessionmaker[AsyncSession]
@@ -227,6 +227,23 @@ async def test_locked_transfer_wrong(Session: Factory, answer, hint: str) -> Non
     verdict = await check_08_1(Session, answer)
     assert verdict.status is Status.WRONG, verdict
     assert hint in verdict.message, verdict
+
+
+async def locks_in_two_sessions(Session: Factory, from_id: int, to_id: int, amount: Decimal) -> None:
+    async with Session.begin() as first:
+        source = await first.get(Account, from_id, with_for_update=True)
+        async with Session.begin() as second:  # waits for the row (or database) the first one locked
+            target = await second.get(Account, to_id, with_for_update=True)
+            await second.get(Account, from_id, with_for_update=True)
+            target.balance += amount
+        source.balance -= amount
+
+
+async def test_locked_transfer_waiting_for_its_own_lock_is_stopped(Session: Factory, monkeypatch) -> None:
+    monkeypatch.setattr(nb07, "TIME_LIMIT", 1.0)
+    verdict = await check_08_1(Session, locks_in_two_sessions)
+    assert verdict.status is Status.WRONG, verdict
+    assert "one session and one transaction" in verdict.message, verdict
 
 
 # 08.2 ------------------------------------------------------------------------------------------

@@ -13,13 +13,14 @@ assigned, statements run), removed again before they return.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import delete, event, insert, select
-from sqlalchemy.exc import IntegrityError, InvalidRequestError, StatementError
+from sqlalchemy.exc import DBAPIError, IntegrityError, InvalidRequestError, StatementError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import ORMExecuteState, SessionTransaction
 from sqlalchemy.orm import Session as SyncSession
@@ -29,15 +30,21 @@ from helpers.exercises.base import Verdict, check, correct, wrong
 
 __all__ = [
     "SimulatedFailure",
+    "StillWaiting",
     "Watch",
     "balances",
+    "bounded",
     "check_add_users",
     "check_transfer",
+    "is_busy",
+    "locked_out",
     "reset_accounts",
+    "still_waiting",
     "transfer_verdict",
 ]
 
 START = {1: Decimal("100.00"), 2: Decimal("50.00"), 3: Decimal("0.00")}
+TIME_LIMIT = 10.0  # seconds for one call of the learner's function; tests lower it
 
 Transfer = Callable[[async_sessionmaker[AsyncSession], int, int, Decimal], Awaitable[Any]]
 AddUsers = Callable[[async_sessionmaker[AsyncSession], list[str]], Awaitable[Any]]
@@ -45,6 +52,41 @@ AddUsers = Callable[[async_sessionmaker[AsyncSession], list[str]], Awaitable[Any
 
 class SimulatedFailure(RuntimeError):
     """Raised by check 07.2 in place of one INSERT: an error that is not a taken name."""
+
+
+class StillWaiting(Exception):
+    """The learner's function ran longer than TIME_LIMIT (and was cancelled)."""
+
+
+async def bounded(awaitable: Awaitable[Any]) -> Any:
+    """Await the learner's code for at most TIME_LIMIT seconds, then raise StillWaiting."""
+    try:
+        async with asyncio.timeout(TIME_LIMIT):
+            return await awaitable
+    except TimeoutError:
+        raise StillWaiting from None
+
+
+def still_waiting(exercise: str) -> Verdict:
+    return wrong(
+        exercise,
+        f"your code was still running after {TIME_LIMIT:.0f} s, so the check stopped it. Most likely "
+        "one of its sessions was waiting for a lock that another of its own sessions held (on "
+        "PostgreSQL that wait never ends): do all the work in one session and one transaction.",
+    )
+
+
+def is_busy(exc: BaseException) -> bool:
+    """SQLite's "database is locked": in a check, only the learner's own sessions hold locks."""
+    return isinstance(exc, DBAPIError) and getattr(exc.orig, "sqlite_errorname", None) == "SQLITE_BUSY"
+
+
+def locked_out(exercise: str) -> Verdict:
+    return wrong(
+        exercise,
+        "SQLite said 'database is locked': two of your own sessions wanted to write at the same "
+        "time, and SQLite allows one writer. Do all the work in one session and one transaction.",
+    )
 
 
 class Watch:
@@ -152,8 +194,15 @@ async def check_transfer(
 ) -> Verdict:
     """Run the learner's transfer on accounts 1, 2, 3 holding 100.00, 50.00 and 0.00."""
     watch = Watch(Session)
-    with watch.floats_assigned_to(account_class.balance):
-        return await transfer_verdict("07.1", transfer, Session, watch, account_class, insufficient_funds)
+    try:
+        with watch.floats_assigned_to(account_class.balance):
+            return await transfer_verdict("07.1", transfer, Session, watch, account_class, insufficient_funds)
+    except StillWaiting:
+        return still_waiting("07.1")
+    except DBAPIError as exc:
+        if is_busy(exc):
+            return locked_out("07.1")
+        raise
 
 
 async def transfer_verdict(
@@ -171,7 +220,7 @@ async def transfer_verdict(
     """
     await reset_accounts(Session, account_class)
     try:
-        await transfer(watch.factory, 2, 1, Decimal("20.05"))
+        await bounded(transfer(watch.factory, 2, 1, Decimal("20.05")))
     except TypeError as exc:
         if _mixes_float(exc):
             return wrong(exercise, f"your code mixed Decimal and float ({exc}): {FLOAT_HINT}")
@@ -204,7 +253,7 @@ async def transfer_verdict(
 
     whole = wrong(exercise, "sending an account's whole balance (29.95 of 29.95) must be allowed.")
     try:
-        await transfer(watch.factory, 2, 3, Decimal("29.95"))
+        await bounded(transfer(watch.factory, 2, 3, Decimal("29.95")))
     except insufficient_funds:
         return whole
     if (await balances(Session, account_class))[2] != Decimal("0.00"):
@@ -212,9 +261,11 @@ async def transfer_verdict(
 
     before = await balances(Session, account_class)
     try:
-        await transfer(watch.factory, 2, 1, Decimal("0.01"))
+        await bounded(transfer(watch.factory, 2, 1, Decimal("0.01")))
     except insufficient_funds as exc:
         raised: Exception = exc
+    except StillWaiting:
+        raise
     except TypeError as exc:
         if insufficient_funds.__name__ not in str(exc):
             raise
@@ -252,7 +303,9 @@ async def transfer_verdict(
 
     missing = 99
     try:
-        await transfer(watch.factory, 1, missing, Decimal("1.00"))
+        await bounded(transfer(watch.factory, 1, missing, Decimal("1.00")))
+    except StillWaiting:
+        raise
     except Exception:
         pass
     else:
@@ -326,6 +379,12 @@ async def check_add_users(
     await _forget(Session, user_class)
     try:
         return await _check_add_users(add_users, Session, user_class)
+    except StillWaiting:
+        return still_waiting("07.2")
+    except DBAPIError as exc:
+        if is_busy(exc):
+            return locked_out("07.2")
+        raise
     finally:
         await _forget(Session, user_class)
 
@@ -356,7 +415,7 @@ async def _check_add_users(
     batch = [a, TAKEN, b, RACER, c]
     watch = Watch(Session, hide=_hide_racer(user_class))
     try:
-        skipped = await add_users(watch.factory, list(batch))
+        skipped = await bounded(add_users(watch.factory, list(batch)))
     except IntegrityError as exc:
         looked_first = any(_is_users_select(s, user_class) for s in watch.selects)
         if looked_first and RACER in str(exc):
@@ -415,10 +474,12 @@ async def _check_add_users(
     watch.reset()
     try:
         with _failing_insert_of(Session, BOOM):
-            await add_users(watch.factory, [d, e, BOOM])
+            await bounded(add_users(watch.factory, [d, e, BOOM]))
     except (SimulatedFailure, StatementError) as exc:
         if isinstance(exc, StatementError) and not isinstance(exc.orig, SimulatedFailure):
             raise
+    except StillWaiting:
+        raise
     except Exception as exc:
         return wrong(
             "07.2",

@@ -24,7 +24,17 @@ from sqlalchemy.orm import ORMExecuteState
 from sqlalchemy.sql import Select
 
 from helpers.exercises.base import Verdict, check, correct, wrong
-from helpers.exercises.nb07 import Transfer, Watch, balances, reset_accounts, transfer_verdict
+from helpers.exercises.nb07 import (
+    StillWaiting,
+    Transfer,
+    Watch,
+    balances,
+    is_busy,
+    locked_out,
+    reset_accounts,
+    still_waiting,
+    transfer_verdict,
+)
 
 __all__ = ["SimulatedDeadlock", "check_locked_transfer", "check_retry"]
 
@@ -126,10 +136,23 @@ async def check_locked_transfer(
 ) -> Verdict:
     """Exercise 07.1's checks, plus the row locks, on accounts 1, 2, 3 (100.00, 50.00, 0.00)."""
     watch = LockWatch(Session, account_class)
-    with watch.floats_assigned_to(account_class.balance):
-        return await transfer_verdict(
-            "08.1", transfer, Session, watch, account_class, insufficient_funds, first_transfer=watch.verdict
-        )
+    try:
+        with watch.floats_assigned_to(account_class.balance):
+            return await transfer_verdict(
+                "08.1",
+                transfer,
+                Session,
+                watch,
+                account_class,
+                insufficient_funds,
+                first_transfer=watch.verdict,
+            )
+    except StillWaiting:
+        return still_waiting("08.1")
+    except DBAPIError as exc:
+        if is_busy(exc):
+            return locked_out("08.1")
+        raise
 
 
 # 08.2 ------------------------------------------------------------------------------------------
