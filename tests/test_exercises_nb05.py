@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 import pytest
 import pytest_asyncio
 from sqlalchemy import select
-from sqlalchemy.exc import MissingGreenlet, StatementError
+from sqlalchemy.exc import DBAPIError, MissingGreenlet, StatementError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 from helpers import open_database
@@ -431,3 +431,40 @@ async def test_missing_greenlet_in_finds_the_error_on_both_engines(any_engine: A
     gc.collect()  # aiosqlite's abandoned coroutine, while this module's warning filter applies
     assert missing_greenlet_in(ValueError("unrelated")) is None
     assert missing_greenlet_in(StatementError("other", None, None, ValueError("x"))) is None
+
+
+class _Messages(logging.Handler):
+    """Keeps only the text of log records: a record's traceback would keep the abandoned driver
+    coroutines alive until pytest drops its own log capture, outside this module's filter."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+async def test_with_the_sqlite_recipe_the_read_fails_at_begin(db: NotebookDatabase) -> None:
+    """Notebook 05's side note: on an engine with notebook 01's SQLite recipe, the refused read
+    is a DBAPIError (orig: MissingGreenlet) without the SQL, and the pool logs a second failure."""
+    if db.is_postgresql:
+        pytest.skip("the recipe is applied on SQLite only")
+    await load_sample_data(db.engine)
+    pool_logger, pool_log = logging.getLogger("sqlalchemy.pool"), _Messages()
+    pool_logger.addHandler(pool_log)
+    pool_logger.propagate = False
+    try:
+        async with async_sessionmaker(db.engine)() as session:
+            user = await session.get(User, 1)
+            await session.commit()
+            with pytest.raises(DBAPIError) as info:
+                user.name  # noqa: B018 - the read is the point
+    finally:
+        pool_logger.removeHandler(pool_log)
+        pool_logger.propagate = True
+    assert isinstance(info.value.orig, MissingGreenlet)
+    assert "[SQL:" not in str(info.value)
+    assert pool_log.messages == ["Exception during reset or similar"]
+    del info
+    gc.collect()
