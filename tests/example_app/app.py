@@ -1,8 +1,10 @@
 """The application under test: users who write posts, served by FastAPI.
 
-Layers: routes (HTTP) -> ``UserService`` (owns the transaction) -> SQL. The lifespan creates
-and disposes the engine; ``get_session`` gives each request its own ``AsyncSession``. Tests
-replace ``get_session`` through ``app.dependency_overrides`` (see conftest.py).
+Layers: routes (HTTP) -> ``UserService`` (ends each write with ``commit()``) -> SQL. The
+lifespan creates and disposes the engine; ``get_session`` gives each request its own
+``AsyncSession``. Tests replace ``get_session`` through ``app.dependency_overrides`` (see
+conftest.py), so the service may receive a session the test has already used: it therefore
+never calls ``session.begin()`` (notebook 09).
 """
 
 from collections.abc import AsyncIterator
@@ -55,23 +57,22 @@ class UserService:
         self.session = session
 
     async def get(self, user_id: int) -> UserOut:
-        async with self.session.begin():
-            user = await self.session.scalar(
-                select(User).where(User.id == user_id).options(selectinload(User.posts))
-            )
-            if user is None:
-                raise UserNotFound(f"user {user_id} does not exist")
-            return UserOut.model_validate(user)
+        user = await self.session.scalar(
+            select(User).where(User.id == user_id).options(selectinload(User.posts))
+        )
+        if user is None:
+            raise UserNotFound(f"user {user_id} does not exist")
+        return UserOut.model_validate(user)  # a read: nothing to commit
 
     async def register(self, data: UserCreate, first_post: str | None = None) -> UserOut:
+        user = User(name=data.name, email=data.email, posts=[Post(title=first_post)] if first_post else [])
+        self.session.add(user)
         try:
-            async with self.session.begin():
-                user = User(name=data.name, email=data.email)
-                user.posts = [Post(title=first_post)] if first_post else []
-                self.session.add(user)
-                await self.session.flush()
-                created = UserOut.model_validate(user)
+            await self.session.flush()  # INSERTs now: ids assigned, constraints checked
+            created = UserOut.model_validate(user)  # before commit() expires the objects
+            await self.session.commit()  # ends the transaction, whoever began it
         except IntegrityError as exc:
+            await self.session.rollback()
             raise UserAlreadyExists(f"{data.name!r} or {data.email!r} is taken") from exc
         return created
 
@@ -81,8 +82,8 @@ async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
         yield session
 
 
-def get_service(session: Annotated[AsyncSession, Depends(get_session)]) -> UserService:
-    return UserService(session)
+async def get_service(session: Annotated[AsyncSession, Depends(get_session)]) -> UserService:
+    return UserService(session)  # async def: a plain def dependency would run in a worker thread
 
 
 Service = Annotated[UserService, Depends(get_service)]

@@ -1,6 +1,6 @@
 """Tests for the example app: HTTP behaviour, isolation between tests, and the lifespan.
 
-Every test runs on the session-wide event loop, the loop the ``engine`` fixture lives on.
+No markers: pyproject.toml puts every test and fixture on the session's event loop.
 """
 
 import pytest
@@ -11,9 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from example_app.app import create_app
 from helpers import NotebookDatabase
-from helpers.models import Tag, User
-
-pytestmark = pytest.mark.asyncio(loop_scope="session")
+from helpers.models import Post, Tag, User
 
 
 async def test_register_then_read(client: AsyncClient) -> None:
@@ -44,6 +42,25 @@ async def test_unknown_user_is_404(client: AsyncClient) -> None:
 async def test_every_test_starts_empty(session: AsyncSession) -> None:
     # zoe was committed (as a savepoint) by the tests above; their rollback removed her.
     assert await session.scalar(select(func.count()).select_from(User)) == 0
+
+
+async def test_read_what_the_test_seeded(client: AsyncClient, session: AsyncSession) -> None:
+    session.add(User(name="yves", email="yves@example.com", posts=[Post(title="Seeded")]))
+    await session.flush()  # the seed is visible to the app; the session's transaction has begun
+    user_id = await session.scalar(select(User.id).where(User.name == "yves"))
+
+    response = await client.get(f"/users/{user_id}")
+    assert response.status_code == 200
+    assert [post["title"] for post in response.json()["posts"]] == ["Seeded"]
+
+
+async def test_register_after_seeding_conflicts(client: AsyncClient, session: AsyncSession) -> None:
+    session.add(User(name="yves", email="yves@example.com"))
+    await session.commit()  # a savepoint: the seed survives the rollback the app does on 409
+
+    response = await client.post("/users", json={"name": "yves", "email": "other@example.com"})
+    assert response.status_code == 409  # the service commits, it does not call session.begin()
+    assert await session.scalar(select(func.count()).select_from(User)) == 1
 
 
 async def test_rollback_inside_a_test_keeps_the_earlier_work(session: AsyncSession) -> None:
