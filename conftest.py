@@ -26,9 +26,11 @@ skipped on the other backend.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy
@@ -65,7 +67,21 @@ async def _postgresql_leftovers() -> list[str]:
         await conn.close()
 
 
+def _shut_down_like_jupyterlab(self: Any) -> None:
+    """nbval kills each notebook's kernel; JupyterLab asks it to shut down, which lets the
+    kernel delete its notebook database (helpers.database removes it at exit). Do the same,
+    so the leftovers check below tests what learners get. A kernel that does not exit within
+    jupyter_client's grace period is still killed."""
+    self.kc.stop_channels()
+    self.km.shutdown_kernel(now=False)
+    del self.km
+
+
 def pytest_configure(config: pytest.Config) -> None:
+    with contextlib.suppress(ImportError):
+        from nbval.kernel import RunningKernel
+
+        RunningKernel.stop = _shut_down_like_jupyterlab
     try:
         backend = _backend()
         if backend == "postgresql":
