@@ -333,9 +333,11 @@ async def _drop_database(admin_url: URL, name: str) -> None:
 
 
 async def abandoned_postgresql_databases(conn: Any) -> list[str]:
-    """Databases made by :func:`open_database` on this machine whose process has ended."""
+    """Databases made by :func:`open_database` on this machine, owned by the current role,
+    whose process has ended."""
     rows = await conn.fetch(
-        "SELECT datname FROM pg_database WHERE datname LIKE $1", _PREFIX.replace("_", r"\_") + "%"
+        "SELECT datname FROM pg_database WHERE datname LIKE $1 AND pg_get_userbyid(datdba) = current_user",
+        _PREFIX.replace("_", r"\_") + "%",
     )
     found = []
     for (name,) in rows:
@@ -387,7 +389,9 @@ async def open_database(label: str, *, environ: dict[str, str] | None = None) ->
         conn = await _admin_connect(configured)
         try:
             for abandoned in await abandoned_postgresql_databases(conn):
-                await conn.execute(f'DROP DATABASE IF EXISTS "{abandoned}" WITH (FORCE)')
+                # Another role's database (a shared server) is not ours to drop: leave it.
+                with contextlib.suppress(Exception):
+                    await conn.execute(f'DROP DATABASE IF EXISTS "{abandoned}" WITH (FORCE)')
             await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
             try:
                 await conn.execute(f'CREATE DATABASE "{name}"')

@@ -10,8 +10,11 @@ piece of code needed (the proof that eager loading fixes N+1) and, when useful, 
     print(queries.count)
     queries.show()
 
-Transaction control (BEGIN, COMMIT, ROLLBACK) is not a cursor statement and is not counted;
-SAVEPOINT statements are.
+The driver's own transaction control (commit() and rollback() calls, and the BEGIN that
+asyncpg or sqlite3 sends by itself) is not a cursor statement and is not counted; SAVEPOINT
+statements are. The ``BEGIN`` that SQLAlchemy's SQLite recipe emits (``db.engine`` on SQLite,
+notebook 01) goes through the cursor, so it is recorded: count only the statements you mean
+(``queries.verbs().count("SELECT")``) where both backends must agree.
 """
 
 from __future__ import annotations

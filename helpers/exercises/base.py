@@ -53,8 +53,8 @@ def not_attempted(exercise: str) -> Verdict:
     return Verdict(
         exercise,
         Status.NOT_ATTEMPTED,
-        "replace the placeholder (raise NotImplementedError) in this cell with your answer, then run "
-        "the cell again.",
+        "replace the placeholder (raise NotImplementedError, or ...) in this cell with your answer, "
+        "then run the cell again.",
     )
 
 
