@@ -63,10 +63,52 @@ def test_every_notebook_is_linked_from_the_start_notebook() -> None:
     assert not missing, f"not linked from 00_start_here: {ids(sorted(missing))}"
 
 
-@pytest.mark.parametrize("path", ALL, ids=ids(ALL))
+DOCS = [ROOT / "README.md", ROOT / "CONTRIBUTING.md", *sorted((ROOT / "docs").glob("*.md"))]
+ANY_LINK = re.compile(r"\]\(([^)\s]+)\)")
+
+
+def headings(path: Path) -> set[str]:
+    """The anchors JupyterLab (notebooks) or GitHub (markdown files) makes for each heading."""
+    text = markdown(load(path)) if path.suffix == ".ipynb" else path.read_text()
+    found = set()
+    for heading in re.findall(r"^#+ (.+)$", text, flags=re.MULTILINE):
+        if path.suffix == ".ipynb":  # JupyterLab: rendered text, spaces turned into '-'
+            found.add(re.sub(r"[`*]", "", heading).replace(" ", "-"))
+        else:  # GitHub: lower case, punctuation dropped, spaces turned into '-'
+            found.add(re.sub(r"[^\w\- ]", "", heading.lower()).replace(" ", "-"))
+    return found
+
+
+def relative_links(path: Path) -> list[tuple[str, Path, str]]:
+    """(link as written, target file, anchor) for every relative link of a notebook or doc."""
+    text = markdown(load(path)) if path.suffix == ".ipynb" else path.read_text()
+    found = []
+    for target in ANY_LINK.findall(text):
+        if re.match(r"[a-z]+:", target):
+            continue  # http(s):, mailto:
+        file, _, anchor = target.partition("#")
+        found.append((target, (path.parent / file).resolve() if file else path, anchor))
+    return found
+
+
+@pytest.mark.parametrize("path", ALL + DOCS, ids=[str(p.relative_to(ROOT)) for p in ALL + DOCS])
 def test_links_resolve(path: Path) -> None:
-    broken = [str(p) for p in links(path) if not p.exists()]
-    assert not broken, f"links to missing notebooks: {broken}"
+    """Every relative link opens a file, in JupyterLab as on GitHub; anchors name a heading.
+
+    JupyterLab 4 opens a link to a folder as if it were a file ("is a directory, not a
+    file"), so links must name files. The browser test follows some of them for real.
+    """
+    problems = []
+    for target, file, anchor in relative_links(path):
+        if not file.exists():
+            problems.append(f"{target}: no such file")
+        elif file.is_dir():
+            problems.append(f"{target}: a folder (JupyterLab cannot open it); link a file inside")
+        elif not file.is_relative_to(ROOT):
+            problems.append(f"{target}: outside the repository")
+        elif anchor and file.suffix in (".ipynb", ".md") and anchor not in headings(file):
+            problems.append(f"{target}: no heading with the anchor #{anchor}")
+    assert not problems, "\n".join(problems)
 
 
 @pytest.mark.parametrize("path", ALL, ids=ids(ALL))
