@@ -9,13 +9,16 @@ or, in the cell after one that failed, simply ``explain()`` (it reads the last e
 IPython showed). The answer is two lines (cause, fix) and the notebook section that
 demonstrates the pitfall live:
 
-    MissingGreenlet: an expired attribute was read outside an await.
-      cause: commit() expired the object, and reloading an attribute needs I/O that only ...
-      fix:   read what you need before commit(), or await session.refresh(obj), or ...
-      learn: notebooks/05_expire_on_commit.ipynb § "Pitfall: ..."
+    MissingGreenlet: an expired attribute was read without an await.
+      cause: commit() expired the object (or a server value was never fetched); reloading it is I/O.
+      fix:   read before commit(), expire_on_commit=False, await session.refresh(obj), or awaitable_attrs.
+      learn: notebooks/05_expire_on_commit.ipynb § "Pitfall: reading an attribute after commit"
 
 :data:`PITFALLS` is the single table behind :func:`explain` and the pitfall cheat sheet
-(notebook 11), so the two cannot drift apart.
+(notebook 11), so the two cannot drift apart. Where each pitfall is taught is kept apart, in
+:data:`NOTEBOOKS` (file names) and :data:`SECTIONS` (headings): renumbering a notebook or
+renaming a heading means changing one line there. ``tests/test_cheat_sheet.py`` checks that
+every heading named there exists in its notebook.
 """
 
 from __future__ import annotations
@@ -25,7 +28,20 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-__all__ = ["PITFALLS", "Explanation", "Pitfall", "anchor", "explain", "find_pitfall", "first_line"]
+__all__ = [
+    "EXCLUDED",
+    "NOTEBOOKS",
+    "PITFALLS",
+    "RECORDED_WITH",
+    "SECTIONS",
+    "Explanation",
+    "Pitfall",
+    "Section",
+    "anchor",
+    "explain",
+    "find_pitfall",
+    "first_line",
+]
 
 
 def first_line(exc: BaseException) -> str:
@@ -37,6 +53,116 @@ def first_line(exc: BaseException) -> str:
 def anchor(heading: str) -> str:
     """A markdown heading's anchor as JupyterLab builds it: rendered text, spaces turned into '-'."""
     return heading.replace("`", "").replace(" ", "-")
+
+
+# --- where each pitfall is taught: the one place to update ------------------------------------
+
+#: The notebooks, by topic. Renumbering or renaming a notebook means changing one line here.
+NOTEBOOKS: dict[str, str] = {
+    "start": "00_start_here.ipynb",
+    "engine": "01_engine_setup.ipynb",
+    "models": "02_models_and_schema.ipynb",
+    "sessions": "03_session_factories.ipynb",
+    "crud": "04_crud.ipynb",
+    "expire": "05_expire_on_commit.ipynb",
+    "lazy": "06_lazy_loading.ipynb",
+    "transactions": "07_transactions.ipynb",
+    "locking": "07b_locking_and_isolation.ipynb",
+    "concurrency": "08_concurrency.ipynb",
+    "fastapi": "09_fastapi.ipynb",
+    "testing": "10_testing.ipynb",
+    "cheat_sheet": "11_pitfall_cheat_sheet.ipynb",
+}
+
+
+@dataclass(frozen=True)
+class Section:
+    """A section of a notebook: the topic key of :data:`NOTEBOOKS` and the exact heading text."""
+
+    topic: str
+    heading: str  #: the markdown heading without its leading '#'s
+
+    @property
+    def notebook(self) -> str:
+        """The file name inside ``notebooks/``."""
+        return NOTEBOOKS[self.topic]
+
+    @property
+    def anchor(self) -> str:
+        return anchor(self.heading)
+
+    @property
+    def link(self) -> str:
+        """A relative link from another notebook in ``notebooks/`` to the section."""
+        return f"{self.notebook}#{self.anchor}"
+
+    @property
+    def label(self) -> str:
+        """``"05 · reading an attribute after commit"``: the notebook's number and the heading."""
+        return f"{self.notebook.split('_')[0]} · {self.heading.removeprefix('Pitfall: ')}"
+
+
+#: Every section that a pitfall (or an exclusion below) refers to. When a heading changes in a
+#: notebook, change it here; tests/test_cheat_sheet.py fails until every one exists.
+SECTIONS: dict[str, Section] = {
+    "setup-check": Section("start", "Check your set-up"),
+    "bad-dialect": Section("engine", "Pitfall: `sqlite_aiosqlite://` is not a dialect"),
+    "sync-driver": Section("engine", "Pitfall: a synchronous driver in `create_async_engine`"),
+    "memory-pool-size": Section("engine", "Pitfall: `pool_size` on an in-memory database"),
+    "exhausted-pool": Section("engine", "Pitfall: an exhausted pool"),
+    "pool-timeout-except": Section("engine", "Pitfall: `except TimeoutError` does not catch a pool timeout"),
+    "server-closed": Section("engine", "Pitfall: a connection the server closed"),
+    "f-strings": Section("engine", "Pitfall: building SQL with f-strings"),
+    "create-all": Section("models", "Pitfall: `metadata.create_all()` with an async engine"),
+    "utcnow": Section("models", "Pitfall: `default=datetime.utcnow`"),
+    "many-to-one": Section("models", "Pitfall: attaching an object from the many-to-one side only"),
+    "never-closed": Section("sessions", "Pitfall: a session that is never closed"),
+    "dependency-annotation": Section(
+        "sessions", "Pitfall: annotating the dependency as returning `AsyncSession`"
+    ),
+    "one-or-none": Section("crud", "Pitfall: `scalar_one_or_none()` on a query that matches several rows"),
+    "no-query": Section("crud", "Pitfall: `AsyncSession` has no `query()`"),
+    "forgotten-await": Section("crud", "Pitfall: a forgotten `await`"),
+    "forgotten-commit": Section("crud", "Pitfall: a forgotten `await session.commit()`"),
+    "after-commit": Section("expire", "Pitfall: reading an attribute after commit"),
+    "after-close": Section("expire", "Pitfall: using an object after its session closed"),
+    "onupdate": Section("expire", "Pitfall: values the database computes on UPDATE"),
+    "lazy": Section("lazy", "Pitfall: touching a lazy relationship"),
+    "joined-unique": Section("lazy", "Pitfall: `joinedload()` of a collection without `.unique()`"),
+    "lazy-raise": Section("lazy", 'Pitfall: lazy="raise" stops the query'),
+    "response-after-close": Section("lazy", "Pitfall: building the response after the session closed"),
+    "failed-flush": Section("transactions", "Pitfall: catching a failed flush without a savepoint"),
+    "float-numeric": Section("transactions", "Pitfall: subtracting a float from a `Numeric` balance"),
+    "no-lock": Section("locking", "Pitfall: one transaction, no lock"),
+    "database-locked": Section("locking", 'Pitfall: "database is locked"'),
+    "deadlock": Section("locking", "Pitfall: locking in opposite orders deadlocks (PostgreSQL)"),
+    "gather": Section("concurrency", "Pitfall: one session shared by `asyncio.gather`"),
+    "illegal-state": Section(
+        "concurrency", "Pitfall: `IllegalStateChangeError` when `async with` closes a session in use"
+    ),
+    "another-operation": Section("concurrency", 'Pitfall: asyncpg\'s "another operation is in progress"'),
+    "more-tasks": Section("concurrency", "Pitfall: more tasks than connections"),
+    "background": Section("concurrency", "Pitfall: background work borrowing the request's session"),
+    "second-loop": Section("concurrency", "Pitfall: an engine used from a second event loop"),
+    "read-then-write": Section("concurrency", "Pitfall: a transaction that reads, then writes, on SQLite"),
+    "lifespan": Section("fastapi", "Pitfall: ASGITransport does not run the lifespan"),
+    "begin-in-service": Section("fastapi", "Pitfall: `session.begin()` in a service"),
+    "orm-from-route": Section("fastapi", "Pitfall: returning an ORM object from a route"),
+    "commit-after-yield": Section("fastapi", "Pitfall: committing after `yield` in the dependency"),
+    "sqlite-rollback": Section("testing", "Pitfall: the rollback that does not roll back on SQLite"),
+    "seeding": Section("testing", "Pitfall: seeding through the test's session"),
+    "two-loops": Section("testing", "Pitfall: one engine, two event loops"),
+}
+
+#: Pitfall sections whose demonstration raises, but whose exception is an ordinary symptom
+#: rather than the pitfall's signature: the cheat sheet lists them with the reason instead.
+EXCLUDED: dict[str, str] = {
+    "f-strings": "the syntax error appears only for harmless input; hostile input runs as SQL",
+    "commit-after-yield": "the IntegrityError comes after the response: the client was already told 201",
+}
+
+
+# --- recognising an exception -----------------------------------------------------------------
 
 
 def _chain(exc: BaseException) -> Iterator[BaseException]:
@@ -65,13 +191,17 @@ def _frames(exc: BaseException) -> set[str]:
     return names
 
 
-def _is(name: str, text: str = "") -> Callable[[BaseException], bool]:
-    """Match an exception (or one it wraps) by class name and a piece of its message."""
+def _is(name: str, *texts: str) -> Callable[[BaseException], bool]:
+    """Match an exception (or one it wraps) by class name and pieces of its message (all of them)."""
 
     def matches(exc: BaseException) -> bool:
-        return any(type(e).__name__ == name and text in str(e) for e in _chain(exc))
+        return any(type(e).__name__ == name and all(t in str(e) for t in texts) for e in _chain(exc))
 
     return matches
+
+
+def _any(*tests: Callable[[BaseException], bool]) -> Callable[[BaseException], bool]:
+    return lambda exc: any(test(exc) for test in tests)
 
 
 def _missing_greenlet_via(*frames: str) -> Callable[[BaseException], bool]:
@@ -86,27 +216,49 @@ def _missing_greenlet_via(*frames: str) -> Callable[[BaseException], bool]:
 
 @dataclass(frozen=True)
 class Pitfall:
-    """One async pitfall: how to recognise it, its cause and fix, and where it is taught."""
+    """One pitfall that ends in an exception: how to recognise it, cause, fix, where it is taught."""
 
     key: str
     error: str  #: the exception class name a learner sees at the bottom of the traceback
     summary: str  #: what happened, in a few words
     cause: str  #: one line
     fix: str  #: one line
-    notebook: str  #: file name inside notebooks/, e.g. "05_expire_on_commit.ipynb"
-    heading: str  #: the markdown heading (without the leading #) of the section that shows it
+    section: str  #: key of SECTIONS: where the pitfall is taught
     matches: Callable[[BaseException], bool] = field(repr=False, compare=False)
-    backend: Literal["any", "postgresql"] = "any"
+    also: tuple[str, ...] = ()  #: keys of SECTIONS that show the same error in another setting
+    backend: Literal["any", "sqlite", "postgresql"] = "any"  #: where the error can happen at all
+    #: postgresql rows only: the error as notebook 11 shows it, recorded on PostgreSQL with
+    #: SQLAlchemy RECORDED_WITH (the cheat sheet shows it on SQLite; on PostgreSQL it raises the
+    #: error live and checks that it still reads like this)
+    seen: str = ""
+
+    @property
+    def where(self) -> Section:
+        return SECTIONS[self.section]
+
+    @property
+    def sections(self) -> tuple[Section, ...]:
+        return (self.where, *(SECTIONS[key] for key in self.also))
+
+    @property
+    def notebook(self) -> str:
+        return self.where.notebook
+
+    @property
+    def heading(self) -> str:
+        return self.where.heading
 
     @property
     def anchor(self) -> str:
-        return anchor(self.heading)
+        return self.where.anchor
 
     @property
     def link(self) -> str:
-        """A relative link from another notebook in ``notebooks/`` to the section."""
-        return f"{self.notebook}#{self.anchor}"
+        return self.where.link
 
+
+#: The SQLAlchemy release series the ``seen`` texts were recorded with.
+RECORDED_WITH = "2.1"
 
 PITFALLS: tuple[Pitfall, ...] = (
     Pitfall(
@@ -115,12 +267,11 @@ PITFALLS: tuple[Pitfall, ...] = (
         summary="SQLAlchemy's asyncio extension cannot find greenlet.",
         cause="SQLAlchemy 2.1 no longer installs greenlet by itself, and its async layer runs on it.",
         fix="install the extra: pip install 'sqlalchemy[asyncio]' (requirements.txt does).",
-        notebook="00_start_here.ipynb",
-        heading="Check your set-up",
+        section="setup-check",
         # 2.1 refuses the import; 2.0 imports, then fails at the first query with a ValueError
-        matches=lambda exc: (
-            _is("ImportError", "requires that the Python 'greenlet' library")(exc)
-            or _is("ValueError", "the greenlet library is required")(exc)
+        matches=_any(
+            _is("ImportError", "requires that the Python 'greenlet' library"),
+            _is("ValueError", "the greenlet library is required"),
         ),
     ),
     Pitfall(
@@ -129,8 +280,7 @@ PITFALLS: tuple[Pitfall, ...] = (
         summary="the URL names a dialect SQLAlchemy does not know.",
         cause="dialect and driver are joined by '+', so 'sqlite_aiosqlite' is read as one unknown name.",
         fix="write 'sqlite+aiosqlite:///file.db' or 'postgresql+asyncpg://user@host/db'.",
-        notebook="01_engine_setup.ipynb",
-        heading="Pitfall: `sqlite_aiosqlite://` is not a dialect",
+        section="bad-dialect",
         matches=_is("NoSuchModuleError", "Can't load plugin"),
     ),
     Pitfall(
@@ -139,8 +289,7 @@ PITFALLS: tuple[Pitfall, ...] = (
         summary="create_async_engine() was given a synchronous driver.",
         cause="'sqlite://' and 'postgresql://' select blocking drivers (pysqlite; psycopg2 or psycopg).",
         fix="name the async driver in the URL: 'sqlite+aiosqlite://' or 'postgresql+asyncpg://'.",
-        notebook="01_engine_setup.ipynb",
-        heading="Pitfall: a synchronous driver in `create_async_engine`",
+        section="sync-driver",
         matches=_is("InvalidRequestError", "requires an async driver"),
     ),
     Pitfall(
@@ -149,9 +298,77 @@ PITFALLS: tuple[Pitfall, ...] = (
         summary="pool_size was given to an in-memory SQLite engine.",
         cause="':memory:' gets a StaticPool (one shared connection), which has no pool_size.",
         fix="drop pool_size/max_overflow for ':memory:', or use a file: 'sqlite+aiosqlite:///app.db'.",
-        notebook="01_engine_setup.ipynb",
-        heading="Pitfall: `pool_size` on an in-memory database",
+        section="memory-pool-size",
         matches=_is("TypeError", "Invalid argument(s) 'pool_size'"),
+    ),
+    Pitfall(
+        key="pool-timeout",
+        error="TimeoutError",
+        summary="no connection became free in the pool within pool_timeout.",
+        cause="every pooled connection (pool_size + max_overflow) was checked out and held.",
+        fix=(
+            "close sessions promptly; keep concurrency below the pool size; "
+            "catch sqlalchemy.exc.TimeoutError."
+        ),
+        section="exhausted-pool",
+        also=("pool-timeout-except", "never-closed", "more-tasks"),
+        matches=_is("TimeoutError", "QueuePool limit"),
+    ),
+    Pitfall(
+        key="connection-closed",
+        error="InterfaceError",
+        summary="a pooled connection had been closed by the server.",
+        cause="the server (or a proxy) ended the connection while it sat idle in the pool.",
+        fix="create_async_engine(..., pool_pre_ping=True): the checkout tests the connection first.",
+        section="server-closed",
+        matches=_is("InterfaceError", "connection is closed"),
+        backend="postgresql",
+        seen="InterfaceError: (sqlalchemy.dialects.postgresql.asyncpg.InterfaceError) connection is closed",
+    ),
+    Pitfall(
+        key="create-all-async",
+        error="AttributeError",
+        summary="metadata.create_all() was given an AsyncEngine.",
+        cause="create_all() is synchronous and needs a sync engine or connection.",
+        fix="async with engine.begin() as conn: await conn.run_sync(Base.metadata.create_all)",
+        section="create-all",
+        matches=_is("AttributeError", "'AsyncEngine' object has no attribute"),
+    ),
+    Pitfall(
+        key="naive-aware",
+        error="TypeError",
+        summary="a naive datetime met a timezone-aware one.",
+        cause="utcnow() and SQLite give naive values; Python refuses to compare them with aware ones.",
+        fix="DateTime(timezone=True) with server_default=func.now() or default=lambda: datetime.now(UTC).",
+        section="utcnow",
+        matches=_is("TypeError", "offset-naive and offset-aware"),
+    ),
+    Pitfall(
+        key="many-to-one-not-saved",
+        error="SAWarning",
+        summary="an object set on a many-to-one side was not saved.",
+        cause="in 2.x, setting post.author = user no longer adds the post to the user's session.",
+        fix="session.add() the new object yourself, or append it to the one-to-many collection.",
+        section="many-to-one",
+        matches=_is("SAWarning", "not in session", "will not proceed"),
+    ),
+    Pitfall(
+        key="dependency-generator",
+        error="AttributeError",
+        summary="an async generator was used as if it were a session.",
+        cause="a function with yield returns an async generator, whatever its annotation says.",
+        fix="annotate it -> AsyncIterator[AsyncSession] and let Depends() run it; else async with factory().",
+        section="dependency-annotation",
+        matches=_is("AttributeError", "'async_generator' object has no attribute"),
+    ),
+    Pitfall(
+        key="multiple-results",
+        error="MultipleResultsFound",
+        summary="scalar_one_or_none() (or one()) found several rows.",
+        cause="the query's filter is not unique, so 'one or none' does not hold.",
+        fix="filter on a unique column, or choose a row explicitly: order_by(...).limit(1).",
+        section="one-or-none",
+        matches=_is("MultipleResultsFound"),
     ),
     Pitfall(
         key="session-query",
@@ -159,8 +376,7 @@ PITFALLS: tuple[Pitfall, ...] = (
         summary="AsyncSession has no query() method.",
         cause="the legacy Query API does implicit I/O, so AsyncSession does not offer it.",
         fix="await session.scalars(select(User)) / session.execute(...); wrap old code in run_sync().",
-        notebook="04_crud.ipynb",
-        heading="Pitfall: `AsyncSession` has no `query()`",
+        section="no-query",
         matches=_is("AttributeError", "'AsyncSession' object has no attribute 'query'"),
     ),
     Pitfall(
@@ -168,10 +384,18 @@ PITFALLS: tuple[Pitfall, ...] = (
         error="AttributeError",
         summary="a coroutine was used as if it were its result.",
         cause="without await, session.execute(...) returns a coroutine that has not run yet.",
-        fix="await every AsyncSession call: result = await session.execute(...).",
-        notebook="04_crud.ipynb",
-        heading="Pitfall: a forgotten `await`",
+        fix="await every AsyncSession call that does I/O: result = await session.execute(...).",
+        section="forgotten-await",
         matches=_is("AttributeError", "'coroutine' object has no attribute"),
+    ),
+    Pitfall(
+        key="awaited-add",
+        error="TypeError",
+        summary="a plain method's result (None) was awaited.",
+        cause="session.add(), add_all() and expunge() only change memory: they return None.",
+        fix="call them without await; await the methods that do I/O (flush, commit, execute, ...).",
+        section="forgotten-commit",
+        matches=_is("TypeError", "object NoneType can't be used in 'await' expression"),
     ),
     Pitfall(
         key="expired-attribute",
@@ -179,9 +403,27 @@ PITFALLS: tuple[Pitfall, ...] = (
         summary="an expired attribute was read without an await.",
         cause="commit() expired the object (or a server value was never fetched); reloading it is I/O.",
         fix="read before commit(), expire_on_commit=False, await session.refresh(obj), or awaitable_attrs.",
-        notebook="05_expire_on_commit.ipynb",
-        heading="Pitfall: reading an attribute after commit",
+        section="after-commit",
+        also=("onupdate",),
         matches=_missing_greenlet_via("_load_scalar_attributes", "load_scalar_attributes"),
+    ),
+    Pitfall(
+        key="response-after-close",
+        error="ValidationError",
+        summary="Pydantic read an attribute that needed the closed session.",
+        cause="from_attributes read an unloaded relationship after the session closed (error inside).",
+        fix="load what the response needs (selectinload) and build the response before the session ends.",
+        section="response-after-close",
+        matches=_is("ValidationError", "Error extracting attribute"),
+    ),
+    Pitfall(
+        key="orm-from-route",
+        error="ResponseValidationError",
+        summary="FastAPI serialised an ORM object and hit an unloaded relationship.",
+        cause="response validation read a lazy relationship, which needs I/O (MissingGreenlet inside).",
+        fix="load what the response model reads in the route's query (selectinload/joinedload).",
+        section="orm-from-route",
+        matches=_is("ResponseValidationError"),
     ),
     Pitfall(
         key="detached",
@@ -189,8 +431,7 @@ PITFALLS: tuple[Pitfall, ...] = (
         summary="an object was used after its session closed.",
         cause="an unloaded or expired attribute needs a session to load it, and the object has none.",
         fix="load everything you need (eager options) and build the result before the session ends.",
-        notebook="05_expire_on_commit.ipynb",
-        heading="Pitfall: using an object after its session closed",
+        section="after-close",
         matches=_is("DetachedInstanceError"),
     ),
     Pitfall(
@@ -199,9 +440,17 @@ PITFALLS: tuple[Pitfall, ...] = (
         summary="a relationship was lazy-loaded without an await.",
         cause="touching an unloaded relationship runs a SELECT implicitly, which asyncio cannot do.",
         fix="load it in the query: .options(selectinload(User.posts)), or await obj.awaitable_attrs.posts.",
-        notebook="06_lazy_loading.ipynb",
-        heading="Pitfall: touching a lazy relationship",
+        section="lazy",
         matches=_missing_greenlet_via("_emit_lazyload"),
+    ),
+    Pitfall(
+        key="joinedload-unique",
+        error="InvalidRequestError",
+        summary="a joinedload() of a collection was read without unique().",
+        cause="the JOIN repeats each parent row once per child, so SQLAlchemy requires de-duplicating.",
+        fix="(await session.scalars(stmt)).unique().all(), or selectinload() for collections.",
+        section="joined-unique",
+        matches=_is("InvalidRequestError", "The unique() method must be invoked"),
     ),
     Pitfall(
         key="lazy-raise",
@@ -209,18 +458,68 @@ PITFALLS: tuple[Pitfall, ...] = (
         summary="a relationship marked lazy='raise' (or raiseload) was touched.",
         cause="the safety net worked: the query did not load this relationship.",
         fix="add selectinload()/joinedload() for it to the query that fetched the object.",
-        notebook="06_lazy_loading.ipynb",
-        heading='Pitfall: lazy="raise" stops the query',
+        section="lazy-raise",
         matches=_is("InvalidRequestError", "is not available due to lazy='raise'"),
+    ),
+    Pitfall(
+        key="closed-transaction",
+        error="InvalidRequestError",
+        summary="a statement ran in a session.begin() block after a failed flush.",
+        cause="the failed flush rolled the whole transaction back; catching the error does not revive it.",
+        fix="put the step that may fail in async with session.begin_nested(): (a savepoint), try around it.",
+        section="failed-flush",
+        matches=_is("InvalidRequestError", "Can't operate on closed transaction inside context manager"),
+    ),
+    Pitfall(
+        key="pending-rollback",
+        error="PendingRollbackError",
+        summary="a session was used again after a failed flush.",
+        cause="the failed flush rolled the transaction back; the session waits for your rollback().",
+        fix="await session.rollback() before reusing it, or put the risky step in begin_nested().",
+        section="failed-flush",
+        matches=_is("PendingRollbackError"),
+    ),
+    Pitfall(
+        key="decimal-float",
+        error="TypeError",
+        summary="a float was mixed with a Decimal from a Numeric column.",
+        cause="Numeric columns load as Decimal, and Python refuses arithmetic between Decimal and float.",
+        fix="use Decimal throughout: Decimal('10.00'), never 10.0 (a float cannot hold most cents).",
+        section="float-numeric",
+        matches=_any(
+            _is("TypeError", "unsupported operand", "'decimal.Decimal' and 'float'"),
+            _is("TypeError", "unsupported operand", "'float' and 'decimal.Decimal'"),
+        ),
+    ),
+    Pitfall(
+        key="database-locked",
+        error="OperationalError",
+        summary="SQLite's write lock was not free.",
+        cause="one write lock per file: another writer held it past the timeout, or this one had read first.",
+        fix="short write transactions; BEGIN IMMEDIATE for read-then-write ones; a longer timeout.",
+        section="database-locked",
+        also=("no-lock", "read-then-write"),
+        matches=_is("OperationalError", "database is locked"),
+        backend="sqlite",
+    ),
+    Pitfall(
+        key="deadlock",
+        error="DBAPIError",
+        summary="PostgreSQL broke a deadlock by aborting this transaction.",
+        cause="two transactions each held a row lock the other wanted (SQLSTATE 40P01).",
+        fix="lock rows in one global order (ORDER BY id ... FOR UPDATE); retry the aborted one.",
+        section="deadlock",
+        matches=_any(_is("DeadlockDetectedError"), _is("DBAPIError", "deadlock detected")),
+        backend="postgresql",
+        seen="DBAPIError: (sqlalchemy.dialects.postgresql.asyncpg.Error) deadlock detected",
     ),
     Pitfall(
         key="concurrent-session",
         error="InvalidRequestError",
         summary="two tasks used one AsyncSession at the same time.",
-        cause="a session (and its connection) runs one operation at a time; gather() started two.",
+        cause="a session runs one operation at a time; a second task called it while it connected.",
         fix="give each task its own session: async with session_factory() as session, inside the task.",
-        notebook="08_concurrency.ipynb",
-        heading="Pitfall: one session shared by `asyncio.gather`",
+        section="gather",
         matches=_is("InvalidRequestError", "concurrent operations are not permitted"),
     ),
     Pitfall(
@@ -229,8 +528,8 @@ PITFALLS: tuple[Pitfall, ...] = (
         summary="a session was closed or committed while another task was using it.",
         cause="one task changed the session's state in the middle of another task's operation.",
         fix="one session per task; await every operation before closing or committing the session.",
-        notebook="08_concurrency.ipynb",
-        heading="Pitfall: `IllegalStateChangeError` when `async with` closes a session in use",
+        section="illegal-state",
+        also=("background",),
         matches=_is("IllegalStateChangeError"),
     ),
     Pitfall(
@@ -238,21 +537,55 @@ PITFALLS: tuple[Pitfall, ...] = (
         error="InterfaceError",
         summary="asyncpg got a second command while one was running on the same connection.",
         cause="two tasks shared a session, so they shared its single asyncpg connection.",
-        fix="one session per task; bound the number of tasks with a semaphore sized to the pool.",
-        notebook="08_concurrency.ipynb",
-        heading='Pitfall: asyncpg\'s "another operation is in progress"',
+        fix="one session per task; bound the number of tasks with a semaphore below the pool size.",
+        section="another-operation",
         matches=_is("InterfaceError", "another operation is in progress"),
         backend="postgresql",
+        seen=(
+            "InterfaceError: (sqlalchemy.dialects.postgresql.asyncpg.InterfaceError) "
+            "cannot perform operation: another operation is in progress"
+        ),
     ),
     Pitfall(
-        key="pool-timeout",
-        error="TimeoutError",
-        summary="no connection became free in the pool within pool_timeout.",
-        cause="every pooled connection (pool_size + max_overflow) was checked out and held.",
-        fix="close sessions promptly (async with), bound concurrency to the pool, or size the pool.",
-        notebook="01_engine_setup.ipynb",
-        heading="Pitfall: an exhausted pool",
-        matches=_is("TimeoutError", "QueuePool limit"),
+        key="different-loop",
+        error="RuntimeError",
+        summary="a pooled connection was used from another event loop.",
+        cause="an asyncpg connection belongs to the loop that opened it; the pool kept it for a new loop.",
+        fix="one engine per event loop, or NullPool, or await engine.dispose() before the loop changes.",
+        section="second-loop",
+        also=("two-loops",),
+        matches=_is("RuntimeError", "attached to a different loop"),
+        backend="postgresql",
+        seen="RuntimeError: Task <Task pending …> got Future <Future pending …> attached to a different loop",
+    ),
+    Pitfall(
+        key="missing-lifespan",
+        error="AttributeError",
+        summary="the app's lifespan never ran, so app.state has no engine or factory.",
+        cause="httpx's ASGITransport calls the app directly and skips the lifespan start-up.",
+        fix="async with app.router.lifespan_context(app): around the client (or asgi-lifespan).",
+        section="lifespan",
+        matches=_is("AttributeError", "'State' object has no attribute"),
+    ),
+    Pitfall(
+        key="begin-after-autobegin",
+        error="InvalidRequestError",
+        summary="session.begin() was called on a session already in a transaction.",
+        cause="an earlier statement autobegan a transaction on this session, so begin() cannot start one.",
+        fix="finish the work with await session.commit(), or call begin() before the first statement.",
+        section="begin-in-service",
+        also=("seeding",),
+        matches=_is("InvalidRequestError", "A transaction is already begun on this Session"),
+    ),
+    Pitfall(
+        key="recipe-twice",
+        error="OperationalError",
+        summary="SQLite was sent BEGIN inside a transaction.",
+        cause="SQLite's transaction recipe was applied twice to one engine: two listeners, two BEGINs.",
+        fix="apply the recipe once, where the engine is created (db.engine already has it).",
+        section="sqlite-rollback",
+        matches=_is("OperationalError", "cannot start a transaction within a transaction"),
+        backend="sqlite",
     ),
     Pitfall(
         key="missing-greenlet",
@@ -260,12 +593,12 @@ PITFALLS: tuple[Pitfall, ...] = (
         summary="database I/O was attempted outside an await.",
         cause="something ran a query implicitly (attribute load, sync API) where asyncio cannot wait.",
         fix="make the I/O explicit: await session.refresh()/scalars(), eager loading, or run_sync().",
-        notebook="05_expire_on_commit.ipynb",
-        heading="Pitfall: reading an attribute after commit",
+        section="after-commit",
         matches=_is("MissingGreenlet"),
     ),
 )
-"""Most specific first: :func:`find_pitfall` returns the first entry that matches."""
+"""Most specific first: :func:`find_pitfall` returns the first entry that matches. The last
+entry (any MissingGreenlet) is the general one for implicit I/O the others do not name."""
 
 
 def find_pitfall(exc: BaseException) -> Pitfall | None:
@@ -286,7 +619,7 @@ class Explanation:
             return [
                 f"{_clip(self.error)}",
                 "  not one of the async pitfalls this collection teaches. Read the last line of the",
-                "  traceback first; the pitfall cheat sheet (notebooks/11_pitfall_cheat_sheet.ipynb) lists "
+                f"  traceback first; the pitfall cheat sheet (notebooks/{NOTEBOOKS['cheat_sheet']}) lists "
                 "the others.",
             ]
         return [

@@ -24,7 +24,7 @@ from sqlalchemy.pool import NullPool
 
 import helpers
 from helpers.database import DatabaseConfigError, NotebookDatabase, configured_url, open_database
-from helpers.explain import PITFALLS, explain, find_pitfall, first_line
+from helpers.explain import EXCLUDED, NOTEBOOKS, PITFALLS, SECTIONS, anchor, explain, find_pitfall, first_line
 from helpers.models import User
 from helpers.sample_data import load_sample_data
 
@@ -85,12 +85,24 @@ def key_of(exc: BaseException) -> str | None:
 # --- each pitfall, for real ------------------------------------------------------------------
 
 
-async def test_attribute_after_commit(db: NotebookDatabase) -> None:
-    async with async_sessionmaker(db.engine)() as session:
-        user = await session.get(User, 1)
-        await session.commit()
-        exc = await raised(lambda: asyncio.sleep(0, user.name))
-    assert type(exc).__name__ in ("StatementError", "MissingGreenlet")  # aiosqlite wraps it
+@pytest.mark.parametrize("recipe", [False, True], ids=["plain engine", "SQLite recipe"])
+async def test_attribute_after_commit(db: NotebookDatabase, recipe: bool) -> None:
+    """Both shapes explain() must know: the reload fails at the SELECT (StatementError on
+    aiosqlite with 2.1), or, with the recipe's BEGIN, one step earlier (DBAPIError)."""
+    engine = db.engine if recipe else create_async_engine(db.url)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the pool logs the failed reset; not what is tested
+            async with async_sessionmaker(engine)() as session:
+                user = await session.get(User, 1)
+                await session.commit()
+                exc = await raised(lambda: asyncio.sleep(0, user.name))
+    finally:
+        if not recipe:
+            await engine.dispose()
+        else:  # SQLAlchemy 2.0 ends the broken connection without awaiting its worker thread:
+            await asyncio.sleep(0.2)  # let it finish while this test's loop still runs
+    assert type(exc).__name__ in ("StatementError", "DBAPIError", "MissingGreenlet")
     if isinstance(exc, StatementError):
         assert type(exc.orig).__name__ == "MissingGreenlet"
         assert str(exc).startswith("(sqlalchemy.exc.MissingGreenlet) greenlet_spawn has not been called")
@@ -240,6 +252,18 @@ def test_table_is_well_formed() -> None:
         assert (ROOT / "notebooks").joinpath(p.notebook).suffix == ".ipynb"
         assert len(f"  cause: {p.cause}") <= 110 and len(f"  fix:   {p.fix}") <= 110, p.key
         assert " " not in p.anchor
+        assert p.section in SECTIONS and all(key in SECTIONS for key in p.also), p.key
+        # a recorded text exactly where the cheat sheet cannot raise the error without a server
+        assert bool(p.seen) == (p.backend == "postgresql"), p.key
+    assert PITFALLS[-1].key == "missing-greenlet"  # the general entry comes last
+
+
+def test_sections_name_known_notebooks() -> None:
+    for key, section in SECTIONS.items():
+        assert section.topic in NOTEBOOKS, key
+        assert section.link == f"{NOTEBOOKS[section.topic]}#{anchor(section.heading)}"
+    assert set(EXCLUDED) <= set(SECTIONS)
+    assert NOTEBOOKS["cheat_sheet"] in str(explain(ZeroDivisionError("x")))
 
 
 def test_explain_is_exported() -> None:
