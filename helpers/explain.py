@@ -15,7 +15,7 @@ demonstrates the pitfall live:
       learn: notebooks/05_expire_on_commit.ipynb § "Pitfall: reading an attribute after commit"
 
 :data:`PITFALLS` is the single table behind :func:`explain` and the pitfall cheat sheet
-(notebook 11), so the two cannot drift apart. Where each pitfall is taught is kept apart, in
+(notebook 12), so the two cannot drift apart. Where each pitfall is taught is kept apart, in
 :data:`NOTEBOOKS` (file names) and :data:`SECTIONS` (headings): renumbering a notebook or
 renaming a heading means changing one line there. ``tests/test_cheat_sheet.py`` checks that
 every heading named there exists in its notebook.
@@ -67,11 +67,11 @@ NOTEBOOKS: dict[str, str] = {
     "expire": "05_expire_on_commit.ipynb",
     "lazy": "06_lazy_loading.ipynb",
     "transactions": "07_transactions.ipynb",
-    "locking": "07b_locking_and_isolation.ipynb",
-    "concurrency": "08_concurrency.ipynb",
-    "fastapi": "09_fastapi.ipynb",
-    "testing": "10_testing.ipynb",
-    "cheat_sheet": "11_pitfall_cheat_sheet.ipynb",
+    "locking": "08_locking_and_isolation.ipynb",
+    "concurrency": "09_concurrency.ipynb",
+    "fastapi": "10_fastapi.ipynb",
+    "testing": "11_testing.ipynb",
+    "cheat_sheet": "12_pitfall_cheat_sheet.ipynb",
 }
 
 
@@ -227,7 +227,7 @@ class Pitfall:
     matches: Callable[[BaseException], bool] = field(repr=False, compare=False)
     also: tuple[str, ...] = ()  #: keys of SECTIONS that show the same error in another setting
     backend: Literal["any", "sqlite", "postgresql"] = "any"  #: where the error can happen at all
-    #: postgresql rows only: the error as notebook 11 shows it, recorded on PostgreSQL with
+    #: postgresql rows only: the error as notebook 12 shows it, recorded on PostgreSQL with
     #: SQLAlchemy RECORDED_WITH (the cheat sheet shows it on SQLite; on PostgreSQL it raises the
     #: error live and checks that it still reads like this)
     seen: str = ""

@@ -1,4 +1,4 @@
-"""Keep notebooks/11_pitfall_cheat_sheet.ipynb in sync with the code and the other notebooks.
+"""Keep notebooks/12_pitfall_cheat_sheet.ipynb in sync with the code and the other notebooks.
 
 * every section helpers.explain names (SECTIONS) exists, under that exact heading;
 * every "Pitfall:" section of the lessons whose demonstration raises is in the sheet, or is
@@ -57,7 +57,7 @@ def code_cell(starting: str) -> dict[str, Any]:
 
 
 def lessons() -> list[Path]:
-    """The lesson notebooks (07b_... included), not the start notebook or the cheat sheet."""
+    """The lesson notebooks , not the start notebook or the cheat sheet."""
     skip = {NOTEBOOKS["start"], NOTEBOOKS["cheat_sheet"]}
     return sorted(
         p for p in NOTEBOOKS_DIR.glob("*.ipynb") if re.match(r"\d\d[a-z]?_", p.name) and p.name not in skip
@@ -152,7 +152,7 @@ def test_every_raising_pitfall_is_in_the_sheet(path: Path) -> None:
     missing = [h for h in sorted(raising_pitfall_sections(path)) if (path.name, h) not in in_sheet | excluded]
     assert not missing, (
         f"{path.name}: these Pitfall sections raise, but helpers.explain has no entry for them "
-        f"(add a Pitfall and a trigger in notebook 11, or an EXCLUDED reason): {missing}"
+        f"(add a Pitfall and a trigger in notebook 12, or an EXCLUDED reason): {missing}"
     )
 
 
@@ -180,7 +180,7 @@ async def test_stored_errors_are_what_the_code_raises_now() -> None:
         assert re.findall(r"^(\S+) ", stored, re.MULTILINE) == list(errors)
         return
     assert stored == now, (
-        "the stored errors are out of date: re-run tests/execute_notebooks.py on notebook 11"
+        "the stored errors are out of date: re-run tests/execute_notebooks.py on notebook 12"
     )
 
 

@@ -1,350 +1,411 @@
-"""The self-checks of notebook 08 accept right answers and reject wrong ones with a specific hint.
+"""Unit tests for the self-checks of the locking and isolation lesson (notebook 08).
 
-Each wrong answer below is a mistake the lesson warns against (or one a learner plausibly
-types); each gets its own hint.
+One private database for the module (SQLite by default, PostgreSQL with DATABASE_URL) holds
+the accounts table the notebook defines. Every wrong answer below is a mistake the lesson
+warns about; each must get its own hint.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import Any
+from decimal import Decimal
 
 import pytest
 import pytest_asyncio
-from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy import Numeric, String, select
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from helpers import open_database
-from helpers.exercises import Status
-from helpers.exercises.nb08 import check_fetch_names, check_signup, describe_counts, tracked_sessionmaker
-from helpers.models import Post, User
-from helpers.sample_data import load_sample_data
+from helpers.exercises import Status, nb07
+from helpers.exercises.nb08 import check_locked_transfer, check_retry
 
 Factory = async_sessionmaker[AsyncSession]
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Account(Base):
+    __tablename__ = "accounts"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    owner: Mapped[str] = mapped_column(String(50))
+    balance: Mapped[Decimal] = mapped_column(Numeric(12, 2))
+
+
+class InsufficientFunds(Exception):
+    def __init__(self, account_id: int, balance: Decimal, amount: Decimal) -> None:
+        super().__init__(f"account {account_id} holds {balance}, cannot send {amount}")
+        self.account_id, self.balance, self.amount = account_id, balance, amount
+
+
+RETRYABLE_SQLSTATES = {"40001", "40P01"}
+
+
+def retryable(exc: BaseException) -> bool:  # as in the notebook
+    if not isinstance(exc, DBAPIError):
+        return False
+    orig = exc.orig
+    return (
+        getattr(orig, "sqlstate", None) in RETRYABLE_SQLSTATES
+        or getattr(orig, "sqlite_errorname", None) == "SQLITE_BUSY"
+    )
 
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 
-# One private database and one event loop for the whole module: creating a database per test
-# costs about 0.15 s on PostgreSQL, and an engine belongs to the loop it was first used on.
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def engine() -> AsyncIterator[AsyncEngine]:
+async def Session() -> AsyncIterator[Factory]:
     db = await open_database("test_nb08")
     try:
-        await load_sample_data(db.engine)
-        yield db.engine
+        async with db.engine.begin() as conn:
+            await conn.run_sync(Base.metadata.create_all)
+        yield async_sessionmaker(db.engine, expire_on_commit=False)
     finally:
         await db.close()
 
 
-async def name_of(factory: Factory, user_id: int) -> str:
-    async with factory() as session:
-        return await session.scalar(select(User.name).where(User.id == user_id))
+# 08.1 ------------------------------------------------------------------------------------------
 
 
-# ---- 08.1: fetch names concurrently, one session per task, bounded ---------------------------
+def lock_both(*ids: int):
+    return select(Account).where(Account.id.in_(ids)).order_by(Account.id).with_for_update()
 
 
-async def fetch_right(factory: Factory, user_ids: list[int], limit: int) -> list[str]:
-    semaphore = asyncio.Semaphore(limit)
-
-    async def one(user_id: int) -> str:
-        async with semaphore:
-            return await name_of(factory, user_id)
-
-    return list(await asyncio.gather(*(one(i) for i in user_ids)))
-
-
-async def fetch_with_taskgroup(factory: Factory, user_ids: list[int], limit: int) -> list[str]:
-    semaphore = asyncio.Semaphore(limit)
-
-    async def one(user_id: int) -> str:
-        async with semaphore, factory() as session:
-            user = await session.get(User, user_id)
-            assert user is not None
-            return user.name
-
-    async with asyncio.TaskGroup() as tg:
-        tasks = [tg.create_task(one(i)) for i in user_ids]
-    return [t.result() for t in tasks]
+async def good_transfer(Session: Factory, from_id: int, to_id: int, amount: Decimal) -> None:
+    async with Session.begin() as session:
+        accounts = {a.id: a for a in await session.scalars(lock_both(from_id, to_id))}
+        source, target = accounts[from_id], accounts[to_id]
+        if source.balance < amount:
+            raise InsufficientFunds(from_id, source.balance, amount)
+        source.balance -= amount
+        target.balance += amount
 
 
-async def fetch_shared(factory: Factory, user_ids: list[int], limit: int) -> list[str]:
-    semaphore = asyncio.Semaphore(limit)
-    async with factory() as session:
-
-        async def one(user_id: int) -> str:
-            async with semaphore:
-                return await session.scalar(select(User.name).where(User.id == user_id))
-
-        return list(await asyncio.gather(*(one(i) for i in user_ids)))
+async def check_08_1(Session: Factory, transfer) -> object:
+    return await check_locked_transfer(transfer, Session, Account, InsufficientFunds)
 
 
-async def fetch_sequential(factory: Factory, user_ids: list[int], limit: int) -> list[str]:
-    return [await name_of(factory, i) for i in user_ids]
-
-
-async def fetch_unbounded(factory: Factory, user_ids: list[int], limit: int) -> list[str]:
-    return list(await asyncio.gather(*(name_of(factory, i) for i in user_ids)))
-
-
-async def fetch_semaphore_per_task(factory: Factory, user_ids: list[int], limit: int) -> list[str]:
-    async def one(user_id: int) -> str:
-        async with asyncio.Semaphore(limit):  # a new semaphore per task bounds nothing
-            return await name_of(factory, user_id)
-
-    return list(await asyncio.gather(*(one(i) for i in user_ids)))
-
-
-async def fetch_semaphore_too_big(factory: Factory, user_ids: list[int], limit: int) -> list[str]:
-    semaphore = asyncio.Semaphore(limit + 1)
-
-    async def one(user_id: int) -> str:
-        async with semaphore:
-            return await name_of(factory, user_id)
-
-    return list(await asyncio.gather(*(one(i) for i in user_ids)))
-
-
-async def fetch_permit_released_early(factory: Factory, user_ids: list[int], limit: int) -> list[str]:
-    semaphore = asyncio.Semaphore(limit)
-
-    async def one(user_id: int) -> str:
-        async with factory() as session:  # noqa: SIM117 (the mistake: the permit is taken inside)
-            async with semaphore:  # only around the query: the session closes after the release
-                return await session.scalar(select(User.name).where(User.id == user_id))
-
-    return list(await asyncio.gather(*(one(i) for i in user_ids)))
-
-
-async def fetch_forgot_release(factory: Factory, user_ids: list[int], limit: int) -> list[str]:
-    semaphore = asyncio.Semaphore(limit)
-
-    async def one(user_id: int) -> str:
-        await semaphore.acquire()  # never released
-        return await name_of(factory, user_id)
-
-    return list(await asyncio.gather(*(one(i) for i in user_ids)))
-
-
-async def fetch_completion_order(factory: Factory, user_ids: list[int], limit: int) -> list[str]:
-    semaphore = asyncio.Semaphore(limit)
-    names: list[str] = []
-
-    async def one(user_id: int) -> None:
-        async with semaphore:
-            names.append(await name_of(factory, user_id))
-
-    await asyncio.gather(*(one(i) for i in reversed(user_ids)))
-    return names
-
-
-async def fetch_sorted(factory: Factory, user_ids: list[int], limit: int) -> list[str]:
-    return sorted(await fetch_right(factory, user_ids, limit))
-
-
-async def fetch_one_query(factory: Factory, user_ids: list[int], limit: int) -> list[str]:
-    async with factory() as session:
-        rows = {user_id: name for user_id, name in await session.execute(select(User.id, User.name))}
-    return [rows[i] for i in user_ids]
-
-
-async def fetch_placeholder(factory: Factory, user_ids: list[int], limit: int) -> list[str]:
-    raise NotImplementedError
-
-
-@pytest.mark.parametrize("answer", [fetch_right, fetch_with_taskgroup])
-async def test_fetch_names_accepts_right_answers(engine: AsyncEngine, answer: Any) -> None:
-    verdict = await check_fetch_names(answer, engine)
+async def test_locked_transfer_correct(Session: Factory) -> None:
+    verdict = await check_08_1(Session, good_transfer)
     assert verdict.status is Status.CORRECT, verdict
+
+
+async def test_locked_transfer_correct_with_two_ordered_gets(Session: Factory) -> None:
+    async def transfer(Session: Factory, from_id: int, to_id: int, amount: Decimal) -> None:
+        async with Session.begin() as session:
+            locked = {
+                i: await session.get(Account, i, with_for_update=True) for i in sorted((from_id, to_id))
+            }
+            if locked[from_id] is None or locked[to_id] is None:
+                raise LookupError("no such account")
+            if locked[from_id].balance < amount:
+                raise InsufficientFunds(from_id, locked[from_id].balance, amount)
+            locked[from_id].balance -= amount
+            locked[to_id].balance += amount
+
+    verdict = await check_08_1(Session, transfer)
+    assert verdict.status is Status.CORRECT, verdict
+
+
+async def test_locked_transfer_not_attempted(Session: Factory) -> None:
+    async def placeholder(Session: Factory, from_id: int, to_id: int, amount: Decimal) -> None:
+        raise NotImplementedError
+
+    assert (await check_08_1(Session, placeholder)).status is Status.NOT_ATTEMPTED
+
+
+async def no_lock(Session: Factory, from_id: int, to_id: int, amount: Decimal) -> None:
+    async with Session.begin() as session:
+        source, target = await session.get(Account, from_id), await session.get(Account, to_id)
+        if source.balance < amount:
+            raise InsufficientFunds(from_id, source.balance, amount)
+        source.balance -= amount
+        target.balance += amount
+
+
+async def source_first(Session: Factory, from_id: int, to_id: int, amount: Decimal) -> None:
+    async with Session.begin() as session:
+        source = await session.get(Account, from_id, with_for_update=True)
+        target = await session.get(Account, to_id, with_for_update=True)
+        if source.balance < amount:
+            raise InsufficientFunds(from_id, source.balance, amount)
+        source.balance -= amount
+        target.balance += amount
+
+
+async def unordered(Session: Factory, from_id: int, to_id: int, amount: Decimal) -> None:
+    async with Session.begin() as session:
+        stmt = select(Account).where(Account.id.in_([from_id, to_id])).with_for_update()
+        accounts = {a.id: a for a in await session.scalars(stmt)}
+        if accounts[from_id].balance < amount:
+            raise InsufficientFunds(from_id, accounts[from_id].balance, amount)
+        accounts[from_id].balance -= amount
+        accounts[to_id].balance += amount
+
+
+async def locks_source_only(Session: Factory, from_id: int, to_id: int, amount: Decimal) -> None:
+    async with Session.begin() as session:
+        source = await session.get(Account, from_id, with_for_update=True)
+        target = await session.get(Account, to_id)
+        if source.balance < amount:
+            raise InsufficientFunds(from_id, source.balance, amount)
+        source.balance -= amount
+        target.balance += amount
+
+
+async def shared_lock(Session: Factory, from_id: int, to_id: int, amount: Decimal) -> None:
+    async with Session.begin() as session:
+        stmt = select(Account).where(Account.id.in_([from_id, to_id])).order_by(Account.id)
+        accounts = {a.id: a for a in await session.scalars(stmt.with_for_update(read=True))}
+        if accounts[from_id].balance < amount:
+            raise InsufficientFunds(from_id, accounts[from_id].balance, amount)
+        accounts[from_id].balance -= amount
+        accounts[to_id].balance += amount
+
+
+async def skips_locked(Session: Factory, from_id: int, to_id: int, amount: Decimal) -> None:
+    async with Session.begin() as session:
+        stmt = select(Account).where(Account.id.in_([from_id, to_id])).order_by(Account.id)
+        accounts = {a.id: a for a in await session.scalars(stmt.with_for_update(skip_locked=True))}
+        if accounts[from_id].balance < amount:
+            raise InsufficientFunds(from_id, accounts[from_id].balance, amount)
+        accounts[from_id].balance -= amount
+        accounts[to_id].balance += amount
+
+
+async def lock_then_write_elsewhere(Session: Factory, from_id: int, to_id: int, amount: Decimal) -> None:
+    async with Session.begin() as session:  # locks, checks, and commits: the locks are gone
+        accounts = {a.id: a for a in await session.scalars(lock_both(from_id, to_id))}
+        if accounts[from_id].balance < amount:
+            raise InsufficientFunds(from_id, accounts[from_id].balance, amount)
+    async with Session.begin() as session:
+        (await session.get(Account, from_id)).balance -= amount
+        (await session.get(Account, to_id)).balance += amount
+
+
+async def float_amount(Session: Factory, from_id: int, to_id: int, amount: Decimal) -> None:
+    async with Session.begin() as session:
+        accounts = {a.id: a for a in await session.scalars(lock_both(from_id, to_id))}
+        accounts[from_id].balance = float(accounts[from_id].balance) - float(amount)
+        accounts[to_id].balance = float(accounts[to_id].balance) + float(amount)
+
+
+async def catches_inside(Session: Factory, from_id: int, to_id: int, amount: Decimal) -> None:
+    async with Session.begin() as session:
+        accounts = {a.id: a for a in await session.scalars(lock_both(from_id, to_id))}
+        source = accounts[from_id]
+        if source.balance < amount:
+            raise InsufficientFunds(from_id, source.balance, amount)
+        source.balance -= amount
+        try:
+            accounts[to_id].balance += amount
+        except KeyError:
+            print("credit failed")  # logged, and the block commits the debit
 
 
 @pytest.mark.parametrize(
     ("answer", "hint"),
     [
-        (fetch_shared, "one session was used by several tasks"),
-        (fetch_sequential, "ran one at a time"),
-        (fetch_unbounded, "all 6 lookups ran at once with limit=2"),
-        (fetch_semaphore_per_task, "a semaphore created inside each task limits nothing"),
-        (fetch_semaphore_too_big, "more permits than `limit`"),
-        (fetch_permit_released_early, "a session gave its permit back before it closed"),
-        (fetch_forgot_release, "a semaphore permit that is never given back"),
-        (fetch_completion_order, "in the order of the ids"),
-        (fetch_sorted, "in the order of the ids"),
-        (fetch_one_query, "one query for all of them"),
+        (no_lock, "no SELECT locked the rows"),
+        (source_first, "lock in id order"),
+        (unordered, "without ORDER BY"),
+        (locks_source_only, "lock both 1 and 2"),
+        (shared_lock, "FOR SHARE"),
+        (skips_locked, "skip_locked=True"),
+        (lock_then_write_elsewhere, "ran 2 transactions"),
+        (float_amount, "keep money Decimal"),
+        (catches_inside, "the block committed the half that had run"),
     ],
 )
-async def test_fetch_names_rejects_wrong_answers(engine: AsyncEngine, answer: Any, hint: str) -> None:
-    verdict = await check_fetch_names(answer, engine)
+async def test_locked_transfer_wrong(Session: Factory, answer, hint: str) -> None:
+    verdict = await check_08_1(Session, answer)
     assert verdict.status is Status.WRONG, verdict
     assert hint in verdict.message, verdict
 
 
-async def test_fetch_names_not_attempted(engine: AsyncEngine) -> None:
-    assert (await check_fetch_names(fetch_placeholder, engine)).status is Status.NOT_ATTEMPTED
-    assert (await check_fetch_names(..., engine)).status is Status.NOT_ATTEMPTED
+async def locks_in_two_sessions(Session: Factory, from_id: int, to_id: int, amount: Decimal) -> None:
+    async with Session.begin() as first:
+        source = await first.get(Account, from_id, with_for_update=True)
+        async with Session.begin() as second:  # waits for the row (or database) the first one locked
+            target = await second.get(Account, to_id, with_for_update=True)
+            await second.get(Account, from_id, with_for_update=True)
+            target.balance += amount
+        source.balance -= amount
 
 
-async def test_fetch_names_does_not_need_the_sample_users(engine: AsyncEngine) -> None:
-    async with AsyncSession(engine) as session, session.begin():
-        await session.execute(Post.__table__.delete())
-        await session.execute(User.__table__.delete())
-    try:
-        assert (await check_fetch_names(fetch_right, engine)).ok
-    finally:
-        await load_sample_data(engine)
+async def test_locked_transfer_waiting_for_its_own_lock_is_stopped(Session: Factory, monkeypatch) -> None:
+    monkeypatch.setattr(nb07, "TIME_LIMIT", 1.0)
+    verdict = await check_08_1(Session, locks_in_two_sessions)
+    assert verdict.status is Status.WRONG, verdict
+    assert "one session and one transaction" in verdict.message, verdict
 
 
-# ---- 08.2: background work opens its own session, and the request does not wait --------------
+# 08.2 ------------------------------------------------------------------------------------------
 
 
-async def welcome_own_session(factory: Factory, user_id: int, name: str) -> None:
-    async with factory() as session, session.begin():
-        session.add(Post(title=f"Welcome, {name}", author_id=user_id))
+async def good_retry(Session: Factory, work, attempts: int = 3):
+    for attempt in range(1, attempts + 1):
+        try:
+            async with Session.begin() as session:
+                return await work(session)
+        except DBAPIError as exc:
+            if attempt == attempts or not retryable(exc):
+                raise
 
 
-async def commit_user(factory: Factory, name: str) -> int:
-    async with factory() as session:
-        user = User(name=name, email=f"{name}@example.com")
-        session.add(user)
-        await session.commit()
-        return user.id
+async def check_08_2(Session: Factory, run_with_retry) -> object:
+    return await check_retry(run_with_retry, Session, Account)
 
 
-async def signup_right(factory: Factory, name: str, background: set[asyncio.Task[Any]]) -> int:
-    user_id = await commit_user(factory, name)
-    task = asyncio.create_task(welcome_own_session(factory, user_id, name))
-    background.add(task)
-    task.add_done_callback(background.discard)
-    return user_id
-
-
-async def signup_shared(factory: Factory, name: str, background: set[asyncio.Task[Any]]) -> int:
-    async def welcome(session: AsyncSession, user_id: int) -> None:
-        session.add(Post(title=f"Welcome, {name}", author_id=user_id))
-        await session.commit()
-
-    async with factory() as session:
-        user = User(name=name, email=f"{name}@example.com")
-        session.add(user)
-        await session.commit()
-        background.add(asyncio.create_task(welcome(session, user.id)))
-        return user.id
-
-
-async def signup_inline(factory: Factory, name: str, background: set[asyncio.Task[Any]]) -> int:
-    user_id = await commit_user(factory, name)
-    await welcome_own_session(factory, user_id, name)
-    return user_id
-
-
-async def signup_awaits_task(factory: Factory, name: str, background: set[asyncio.Task[Any]]) -> int:
-    user_id = await commit_user(factory, name)
-    task = asyncio.create_task(welcome_own_session(factory, user_id, name))
-    background.add(task)
-    await task  # the request waits for the post after all
-    return user_id
-
-
-async def signup_gathers_background(factory: Factory, name: str, background: set[asyncio.Task[Any]]) -> int:
-    user_id = await commit_user(factory, name)
-    background.add(asyncio.create_task(welcome_own_session(factory, user_id, name)))
-    await asyncio.gather(*background)
-    return user_id
-
-
-async def signup_task_not_kept(factory: Factory, name: str, background: set[asyncio.Task[Any]]) -> int:
-    user_id = await commit_user(factory, name)
-    asyncio.create_task(welcome_own_session(factory, user_id, name))  # noqa: RUF006 (the mistake)
-    return user_id
-
-
-async def signup_no_commit(factory: Factory, name: str, background: set[asyncio.Task[Any]]) -> int:
-    async def welcome(user_id: int) -> None:
-        async with factory() as session:
-            session.add(Post(title=f"Welcome, {name}", author_id=user_id))
-            await session.flush()
-
-    user_id = await commit_user(factory, name)
-    background.add(asyncio.create_task(welcome(user_id)))
-    return user_id
-
-
-async def signup_request_not_closed(factory: Factory, name: str, background: set[asyncio.Task[Any]]) -> int:
-    session = factory()  # never closed
-    user = User(name=name, email=f"{name}@example.com")
-    session.add(user)
-    await session.commit()
-    background.add(asyncio.create_task(welcome_own_session(factory, user.id, name)))
-    return user.id
-
-
-async def signup_passes_orm_object(factory: Factory, name: str, background: set[asyncio.Task[Any]]) -> int:
-    async def welcome(user: User) -> None:
-        async with factory() as session, session.begin():
-            session.add(Post(title=f"Welcome, {name}", author=user))  # attaches the request's object
-
-    async with factory() as session:
-        user = User(name=name, email=f"{name}@example.com")
-        session.add(user)
-        await session.commit()
-    background.add(asyncio.create_task(welcome(user)))
-    return user.id
-
-
-async def signup_user_not_committed(factory: Factory, name: str, background: set[asyncio.Task[Any]]) -> int:
-    async with factory() as session:
-        user = User(name=name, email=f"{name}@example.com")
-        session.add(user)
-        await session.flush()  # the id exists, but the closing session rolls the user back
-        user_id = user.id
-    background.add(asyncio.create_task(welcome_own_session(factory, user_id, name)))
-    return user_id
-
-
-async def signup_placeholder(factory: Factory, name: str, background: set[asyncio.Task[Any]]) -> int:
-    raise NotImplementedError
-
-
-async def test_signup_accepts_right_answer(engine: AsyncEngine) -> None:
-    verdict = await check_signup(signup_right, engine)
+async def test_retry_correct(Session: Factory) -> None:
+    verdict = await check_08_2(Session, good_retry)
     assert verdict.status is Status.CORRECT, verdict
-    again = await check_signup(signup_right, engine)  # the check cleaned up after itself
-    assert again.status is Status.CORRECT, again
+
+
+async def test_retry_correct_with_backoff_and_one_session(Session: Factory) -> None:
+    async def run_with_retry(Session: Factory, work, attempts: int = 3):
+        async with Session() as session:
+            for attempt in range(attempts):
+                try:
+                    async with session.begin():
+                        return await work(session)
+                except DBAPIError as exc:
+                    if not retryable(exc) or attempt == attempts - 1:
+                        raise
+                    await asyncio.sleep(0.01 * 2**attempt)
+
+    verdict = await check_08_2(Session, run_with_retry)
+    assert verdict.status is Status.CORRECT, verdict
+
+
+async def test_retry_not_attempted(Session: Factory) -> None:
+    async def placeholder(Session: Factory, work, attempts: int = 3):
+        raise NotImplementedError
+
+    assert (await check_08_2(Session, placeholder)).status is Status.NOT_ATTEMPTED
+
+
+async def one_transaction(Session: Factory, work, attempts: int = 3):
+    async with Session.begin() as session:
+        for attempt in range(attempts):
+            try:
+                return await work(session)
+            except DBAPIError as exc:
+                if attempt == attempts - 1 or not retryable(exc):
+                    raise
+
+
+async def no_retry(Session: Factory, work, attempts: int = 3):
+    async with Session.begin() as session:
+        return await work(session)
+
+
+async def only_operational_errors(Session: Factory, work, attempts: int = 3):
+    for attempt in range(attempts):
+        try:
+            async with Session.begin() as session:
+                return await work(session)
+        except OperationalError:
+            if attempt == attempts - 1:
+                raise
+
+
+async def retries_everything(Session: Factory, work, attempts: int = 3):
+    for attempt in range(attempts):
+        try:
+            async with Session.begin() as session:
+                return await work(session)
+        except Exception:
+            if attempt == attempts - 1:
+                raise
+
+
+async def retries_every_driver_error(Session: Factory, work, attempts: int = 3):
+    for attempt in range(attempts):
+        try:
+            async with Session.begin() as session:
+                return await work(session)
+        except DBAPIError:
+            if attempt == attempts - 1:
+                raise
+
+
+async def forever(Session: Factory, work, attempts: int = 3):
+    while True:
+        try:
+            async with Session.begin() as session:
+                return await work(session)
+        except DBAPIError as exc:
+            if not retryable(exc):
+                raise
+
+
+async def one_too_many(Session: Factory, work, attempts: int = 3):
+    for attempt in range(attempts + 1):
+        try:
+            async with Session.begin() as session:
+                return await work(session)
+        except DBAPIError as exc:
+            if attempt == attempts or not retryable(exc):
+                raise
+
+
+async def swallows_the_last(Session: Factory, work, attempts: int = 3):
+    for _ in range(attempts):
+        try:
+            async with Session.begin() as session:
+                return await work(session)
+        except DBAPIError as exc:
+            if not retryable(exc):
+                raise
+    return None
+
+
+async def wraps_the_last(Session: Factory, work, attempts: int = 3):
+    for attempt in range(attempts):
+        try:
+            async with Session.begin() as session:
+                return await work(session)
+        except DBAPIError as exc:
+            if not retryable(exc):
+                raise
+            if attempt == attempts - 1:
+                raise RuntimeError("gave up") from exc
+
+
+async def forgets_the_result(Session: Factory, work, attempts: int = 3):
+    for attempt in range(attempts):
+        try:
+            async with Session.begin() as session:
+                await work(session)
+                return None
+        except DBAPIError as exc:
+            if attempt == attempts - 1 or not retryable(exc):
+                raise
 
 
 @pytest.mark.parametrize(
     ("answer", "hint"),
     [
-        (signup_shared, "the background task used the request's session"),
-        (signup_inline, "nothing was added to `background`"),
-        (signup_awaits_task, "signup waited for the welcome post"),
-        (signup_gathers_background, "signup waited for the welcome post"),
-        (signup_task_not_kept, "did not add it to `background`"),
-        (signup_no_commit, "did the background task commit?"),
-        (signup_request_not_closed, "the request's session was never closed"),
-        (signup_passes_orm_object, "received an ORM object"),
-        (signup_user_not_committed, "the user is not in the database"),
+        (one_transaction, "the failed attempts' writes were kept"),
+        (no_retry, "reached the caller"),
+        (only_operational_errors, "not an OperationalError"),
+        (retries_everything, "work raised ValueError"),
+        (retries_every_driver_error, "a unique violation"),
+        (forever, "would not stop"),
+        (one_too_many, "attempts counts every call"),
+        (swallows_the_last, "re-raise the last error, or the caller believes"),
+        (wraps_the_last, "raised RuntimeError: re-raise the last error itself"),
+        (forgets_the_result, "return what work returned"),
     ],
 )
-async def test_signup_rejects_wrong_answers(engine: AsyncEngine, answer: Any, hint: str) -> None:
-    verdict = await check_signup(answer, engine)
+async def test_retry_wrong(Session: Factory, answer, hint: str) -> None:
+    verdict = await check_08_2(Session, answer)
     assert verdict.status is Status.WRONG, verdict
     assert hint in verdict.message, verdict
-    assert (await check_signup(signup_right, engine)).ok  # no rows left behind by the wrong answer
-
-
-async def test_signup_not_attempted(engine: AsyncEngine) -> None:
-    assert (await check_signup(signup_placeholder, engine)).status is Status.NOT_ATTEMPTED
-
-
-async def test_tracker_counts_sessions_and_overlap(engine: AsyncEngine) -> None:
-    factory, tracker = tracked_sessionmaker(engine, delay=0.01)
-    assert await asyncio.gather(*(name_of(factory, i) for i in (1, 2, 3))) == ["ada", "grace", "linus"]
-    assert (tracker.created, tracker.calls, tracker.max_in_flight, tracker.shared_sessions) == (3, 3, 3, 0)
-    assert (tracker.max_holding, tracker.holding, len(tracker.closed)) == (3, 0, 3)
-    assert describe_counts(tracker) == (
-        "3 sessions, 3 calls, at most 3 calls and 3 connections at once, 0 shared between tasks"
-    )

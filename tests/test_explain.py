@@ -153,7 +153,7 @@ async def test_concurrent_session(db: NotebookDatabase) -> None:
     assert len(errors) == 1
     assert "concurrent operations are not permitted" in str(errors[0])
     assert key_of(errors[0]) == "concurrent-session"
-    assert "08_concurrency.ipynb" in str(explain(errors[0]))
+    assert "09_concurrency.ipynb" in str(explain(errors[0]))
 
 
 async def test_illegal_state_change(db: NotebookDatabase) -> None:
@@ -225,7 +225,7 @@ async def test_asyncpg_another_operation(pg: NotebookDatabase) -> None:
 def test_unknown_exception_gets_a_fallback() -> None:
     shown = str(explain(ZeroDivisionError("division by zero")))
     assert shown.splitlines()[0] == "ZeroDivisionError: division by zero"
-    assert "11_pitfall_cheat_sheet.ipynb" in shown
+    assert "12_pitfall_cheat_sheet.ipynb" in shown
 
 
 def test_a_bare_missing_greenlet_still_gets_the_general_entry() -> None:

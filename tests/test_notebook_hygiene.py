@@ -14,11 +14,13 @@ from pathlib import Path
 import pytest
 from execute_notebooks import SESSION_METADATA
 
+NEWEST_PYTHON = "3.13."
+
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
 START = NOTEBOOKS / "00_start_here.ipynb"
 ALL = sorted(p for p in NOTEBOOKS.rglob("*.ipynb") if ".ipynb_checkpoints" not in p.parts)
-LESSONS = [p for p in ALL if p.parent == NOTEBOOKS and re.match(r"(0[1-9]|10)_", p.name)]
+LESSONS = [p for p in ALL if p.parent == NOTEBOOKS and re.match(r"(0[1-9]|1[01])_", p.name)]
 SOLUTIONS = sorted((NOTEBOOKS / "solutions").glob("*.ipynb"))
 LINK = re.compile(r"\]\(([^)#\s]+\.ipynb)(#[^)]*)?\)")
 VARYING = [
@@ -54,7 +56,7 @@ def outputs_text(cell: dict) -> str:
 
 def test_there_are_lessons_and_solutions() -> None:
     assert START.exists()
-    assert len(LESSONS) == 10, ids(LESSONS)
+    assert len(LESSONS) == 11, ids(LESSONS)
     assert [p.name.replace("_solutions", "") for p in SOLUTIONS] == [p.name for p in LESSONS]
 
 
@@ -118,6 +120,9 @@ def test_outputs_come_from_one_clean_run(path: Path) -> None:
     recorded = nb["metadata"].get("outputs", {})
     assert recorded.get("backend") == "sqlite" and recorded.get("sqlalchemy"), (
         "outputs must come from tests/execute_notebooks.py (it records the SQLAlchemy version)"
+    )
+    assert recorded.get("python", "").startswith(NEWEST_PYTHON), (
+        f"outputs must be stored from Python {NEWEST_PYTHON}, the newest supported (execute_notebooks.py)"
     )
     stamped = [i for i, c in enumerate(nb["cells"]) if set(c.get("metadata", {})) & set(SESSION_METADATA)]
     assert not stamped, f"cells {stamped} store session metadata (timestamps, view state): re-execute"

@@ -217,7 +217,7 @@ async def check_get_session(
                 "03.2",
                 "get_session committed after the yield (await session.commit(), or factory.begin()). In "
                 "FastAPI that code runs after the response has been sent, so a failed commit still answers "
-                "200 (notebook 09): commit in the endpoint, and let get_session only open and close the "
+                "200 (notebook 10): commit in the endpoint, and let get_session only open and close the "
                 "session.",
             )
         if engine.pool.checkedout() != baseline:

@@ -216,7 +216,7 @@ async def transfer_verdict(
 ) -> Verdict:
     """The checks of an all-or-nothing transfer; ``first_transfer`` adds checks on the first call.
 
-    Exercise 07.1 uses it as it is; exercise 08.1 (notebook 07b) adds its lock checks.
+    Exercise 07.1 uses it as it is; exercise 08.1 (notebook 08) adds its lock checks.
     """
     await reset_accounts(Session, account_class)
     try:

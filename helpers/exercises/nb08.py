@@ -1,463 +1,332 @@
-"""Self-checks for notebook 08 (concurrency).
+"""Self-checks for the exercises of the locking and isolation lesson (notebook 08).
 
-Both checks run the learner's function against an *instrumented* session factory: an
-``async_sessionmaker`` whose sessions record which asyncio task used them, how many database
-calls were in flight at once, and how many sessions held a connection at once. Each database
-call (and each close) also waits a little first, a stand-in for network latency, so
-overlapping work really overlaps and the counts do not depend on how fast the machine is.
-That is how a check tells a shared session, a sequential loop, unbounded concurrency and a
-semaphore released too early apart from the right answer.
+* 08.1 ``transfer(Session, from_id, to_id, amount)``: everything exercise 07.1 asks, and both
+  rows locked with ``with_for_update()`` in id order, in the transaction that writes them.
+* 08.2 ``run_with_retry(Session, work, attempts)``: each attempt in a new transaction, only
+  errors ``retryable()`` accepts retried, at most ``attempts`` calls, the last error re-raised.
 
-For 08.2 the factory also holds back every session that a background task opens until the
-request has returned (for at most :data:`GATE_BOUND` seconds): an answer that waits for its
-background work does not return in that time, and the check says so.
+As in ``nb07``, the checks reset only the rows they use and watch the learner's sessions
+through a private session class.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import contextvars
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import delete, event, insert, or_, select
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
-from sqlalchemy.orm import Session
+from sqlalchemy import event
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm import ORMExecuteState
+from sqlalchemy.sql import Select
 
 from helpers.exercises.base import Verdict, check, correct, wrong
-from helpers.models import Post, User
+from helpers.exercises.nb07 import (
+    StillWaiting,
+    Transfer,
+    Watch,
+    balances,
+    is_busy,
+    locked_out,
+    reset_accounts,
+    still_waiting,
+    transfer_verdict,
+)
 
-__all__ = [
-    "SessionTracker",
-    "check_fetch_names",
-    "check_signup",
-    "describe_counts",
-    "tracked_sessionmaker",
-]
-
-_inside_call: contextvars.ContextVar[bool] = contextvars.ContextVar("_inside_call", default=False)
-
-#: How long a check lets the learner's function run before it reports that it waited.
-PATIENCE = 3.0
-#: How long a background session waits for the request to return before it is let through.
-GATE_BOUND = 1.0
+__all__ = ["SimulatedDeadlock", "check_locked_transfer", "check_retry"]
 
 
-@dataclass
-class SessionTracker:
-    """What the sessions of one :func:`tracked_sessionmaker` factory did."""
+# 08.1 ------------------------------------------------------------------------------------------
 
-    created: int = 0
-    calls: int = 0
-    in_flight: int = 0
-    max_in_flight: int = 0
-    holding: int = 0  #: sessions holding a connection right now (first statement to end of transaction)
-    max_holding: int = 0
-    closed: set[int] = field(default_factory=set)  #: serials of the sessions that were closed
-    tasks_by_session: dict[int, set[int]] = field(default_factory=dict)
-    created_by_task: dict[int, int] = field(default_factory=dict)  #: session serial -> creating task
-    attached_from_elsewhere: int = 0  #: objects loaded by one session, then added to another
-    sessions: list[AsyncSession] = field(default_factory=list)
-    #: set by check_signup: sessions created outside ``request_task`` wait for it before any I/O
-    gate: asyncio.Event | None = None
-    request_task: asyncio.Task[Any] | None = None
-    let_through: int = 0  #: background calls the gate let through because the request never returned
 
-    def note(self, serial: int) -> None:
-        # serial numbers, not id(session): ids are reused once a closed session is collected
-        self.tasks_by_session.setdefault(serial, set()).add(id(asyncio.current_task()))
+def _lock_clause(statement: Any) -> str | None:
+    """The row-lock clause PostgreSQL would get for this SELECT ("FOR UPDATE", ...), or None."""
+    if not isinstance(statement, Select):
+        return None
+    sql = str(statement.compile(dialect=postgresql.dialect()))
+    for clause in ("FOR NO KEY UPDATE", "FOR UPDATE", "FOR KEY SHARE", "FOR SHARE"):
+        if f" {clause}" in sql:
+            return clause + (" SKIP LOCKED" if "SKIP LOCKED" in sql else "")
+    return None
 
-    @property
-    def tasks(self) -> set[int]:
-        """Ids of the tasks that created or used one of the sessions."""
-        return set(self.created_by_task.values()).union(*self.tasks_by_session.values())
 
-    async def contain(self, started_after: set[asyncio.Task[Any]]) -> None:
-        """Let the tasks that used these sessions end (cancel them after a while), then close
-        every session, so a wrong answer leaves no transaction (and no lock) behind."""
-        current = asyncio.current_task()
-        leftover = {
-            t for t in asyncio.all_tasks() - started_after if t is not current and id(t) in self.tasks
-        }
-        if leftover:
-            _, pending = await asyncio.wait(leftover, timeout=PATIENCE)
-            for task in pending:
-                task.cancel()
-            if pending:
-                await asyncio.wait(pending, timeout=PATIENCE)
-        for session in self.sessions:
-            with contextlib.suppress(Exception):
-                await AsyncSession.close(session)
+def _row_ids(row: Any, account_class: type) -> list[int]:
+    ids = [element.id for element in row if isinstance(element, account_class)]
+    if not ids and "id" in row._mapping:
+        ids = [row._mapping["id"]]
+    return ids
+
+
+class LockWatch(Watch):
+    """A :class:`Watch` that also records which account ids each locking SELECT returned."""
+
+    def __init__(self, Session: async_sessionmaker[AsyncSession], account_class: type) -> None:
+        super().__init__(Session)
+        self.locked: list[tuple[str, list[int]]] = []  # (clause, ids in the order returned)
+        self.unordered_multi_row = False
+        watch = self
+
+        @event.listens_for(self.session_class, "do_orm_execute")
+        def record(state: ORMExecuteState) -> Any:
+            clause = _lock_clause(state.statement)
+            if clause is None:
+                return None
+            frozen = state.invoke_statement().freeze()
+            ids = [i for row in frozen().all() for i in _row_ids(row, account_class)]
+            watch.locked.append((clause, ids))
+            if len(ids) > 1 and " ORDER BY " not in str(
+                state.statement.compile(dialect=postgresql.dialect())
+            ):
+                watch.unordered_multi_row = True
+            return frozen()
 
     @property
-    def shared_sessions(self) -> int:
-        """How many sessions were used from more than one asyncio task."""
-        return sum(len(tasks) > 1 for tasks in self.tasks_by_session.values())
+    def order(self) -> list[int]:
+        return [i for _, ids in self.locked for i in ids]
 
-
-def tracked_sessionmaker(
-    engine: AsyncEngine, *, delay: float = 0.02
-) -> tuple[async_sessionmaker[AsyncSession], SessionTracker]:
-    """An ``async_sessionmaker`` for ``engine`` whose sessions report to a :class:`SessionTracker`.
-
-    ``execute``, ``scalar``, ``scalars``, ``get``, ``flush`` and ``commit`` are counted (and
-    delayed by ``delay`` seconds), as is ``close`` (delayed, not counted); ``add`` only records
-    which task called it. A session *holds a connection* from the start of its transaction to
-    its end (SQLAlchemy's ``after_begin`` and ``after_transaction_end`` session events).
-    """
-    tracker = SessionTracker()
-
-    class TrackedSyncSession(Session):
-        pass
-
-    @event.listens_for(TrackedSyncSession, "after_begin")
-    def _took_connection(session: Session, transaction: Any, connection: Any) -> None:
-        if transaction.parent is None:  # the root transaction: a connection was checked out
-            tracker.holding += 1
-            tracker.max_holding = max(tracker.max_holding, tracker.holding)
-            session.info["holding"] = True
-
-    @event.listens_for(TrackedSyncSession, "after_transaction_end")
-    def _gave_connection_back(session: Session, transaction: Any) -> None:
-        if transaction.parent is None and session.info.pop("holding", False):
-            tracker.holding -= 1
-
-    @event.listens_for(TrackedSyncSession, "detached_to_persistent")
-    def _attached(session: Session, instance: Any) -> None:
-        tracker.attached_from_elsewhere += 1
-
-    class TrackedSession(AsyncSession):
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            tracker.sessions.append(self)
-            tracker.created += 1
-            self.tracking_serial = tracker.created
-            tracker.created_by_task[self.tracking_serial] = id(asyncio.current_task())
-
-        async def _held_back(self) -> None:
-            """Background sessions wait until the request has returned (check_signup only).
-
-            The wait is bounded: a request that waits for its background work would otherwise
-            never return. A session let through by the bound proves that the request waited.
-            """
-            gate = tracker.gate
-            request = tracker.request_task
-            if gate is not None and tracker.created_by_task[self.tracking_serial] != id(request):
-                try:
-                    await asyncio.wait_for(gate.wait(), GATE_BOUND)
-                except TimeoutError:
-                    tracker.let_through += 1
-
-        async def _tracked(self, call: Callable[[], Awaitable[Any]]) -> Any:
-            tracker.note(self.tracking_serial)
-            if _inside_call.get():  # scalars() calls execute(): count it once
-                return await call()
-            token = _inside_call.set(True)
-            try:
-                await self._held_back()
-                tracker.calls += 1
-                tracker.in_flight += 1
-                tracker.max_in_flight = max(tracker.max_in_flight, tracker.in_flight)
-                try:
-                    result = await call()
-                    await asyncio.sleep(delay)  # the answer's latency: the call stays in flight
-                    return result
-                finally:
-                    tracker.in_flight -= 1
-            finally:
-                _inside_call.reset(token)
-
-        async def execute(self, *args: Any, **kwargs: Any) -> Any:
-            return await self._tracked(lambda: super(TrackedSession, self).execute(*args, **kwargs))
-
-        async def scalar(self, *args: Any, **kwargs: Any) -> Any:
-            return await self._tracked(lambda: super(TrackedSession, self).scalar(*args, **kwargs))
-
-        async def scalars(self, *args: Any, **kwargs: Any) -> Any:
-            return await self._tracked(lambda: super(TrackedSession, self).scalars(*args, **kwargs))
-
-        async def get(self, *args: Any, **kwargs: Any) -> Any:
-            return await self._tracked(lambda: super(TrackedSession, self).get(*args, **kwargs))
-
-        async def flush(self, *args: Any, **kwargs: Any) -> None:
-            await self._tracked(lambda: super(TrackedSession, self).flush(*args, **kwargs))
-
-        async def commit(self) -> None:
-            await self._tracked(lambda: super(TrackedSession, self).commit())
-
-        async def close(self) -> None:
-            # not noted: `async with` closes the session from a helper task of its own
-            await self._held_back()
-            await asyncio.sleep(delay)  # closing is a round trip too (it rolls back)
-            await super().close()
-            tracker.closed.add(self.tracking_serial)
-
-        def add(self, instance: object, *args: Any, **kwargs: Any) -> None:
-            tracker.note(self.tracking_serial)
-            super().add(instance, *args, **kwargs)
-
-    factory = async_sessionmaker(
-        engine, class_=TrackedSession, sync_session_class=TrackedSyncSession, expire_on_commit=False
-    )
-    return factory, tracker
-
-
-async def _make_users(engine: AsyncEngine, names: list[str]) -> dict[int, str]:
-    """Insert users the check owns (removing leftovers of an interrupted run first)."""
-    await _remove_users(engine, names)
-    async with AsyncSession(engine) as session, session.begin():
-        rows = await session.execute(
-            insert(User).returning(User.id, User.name),
-            [{"name": n, "email": f"{n}@example.com"} for n in names],
-        )
-        return {user_id: name for user_id, name in rows}
-
-
-async def _remove_users(engine: AsyncEngine, names: list[str], *post_titles: str) -> None:
-    """Delete these users, their posts, and posts with these titles (whoever they point at)."""
-    async with AsyncSession(engine) as session, session.begin():
-        ids = select(User.id).where(User.name.in_(names))
-        await session.execute(delete(Post).where(or_(Post.author_id.in_(ids), Post.title.in_(post_titles))))
-        await session.execute(delete(User).where(User.name.in_(names)))
-
-
-FetchNames = Callable[[async_sessionmaker[AsyncSession], list[int], int], Awaitable[list[str]]]
-_CHECK_USERS = ["check_ann", "check_ben", "check_cy", "check_dee"]
+    def verdict(self) -> Verdict | None:
+        """Checked after transfer(2 → 1): both rows locked for update, in id order."""
+        shared = [clause for clause, _ in self.locked if "SHARE" in clause]
+        if shared:
+            return wrong(
+                "08.1",
+                f"with_for_update(read=True) renders {shared[0]}: both transfers may hold it at once, "
+                "then each waits for the other to release it before writing (a deadlock). Lock for "
+                "writing: with_for_update().",
+            )
+        if any("SKIP LOCKED" in clause for clause, _ in self.locked):
+            return wrong(
+                "08.1",
+                "skip_locked=True leaves out rows another transaction holds, so a busy account would "
+                "look missing: wait for the lock instead (plain with_for_update()).",
+            )
+        if not self.locked:
+            return wrong(
+                "08.1",
+                "the balances are right, but no SELECT locked the rows: without a lock, two transfers "
+                "can both read the old balance and one update is lost. Read both accounts with "
+                ".with_for_update() (or session.get(..., with_for_update=True)) before changing them.",
+            )
+        if sorted(set(self.order)) != [1, 2]:
+            return wrong("08.1", f"your locking SELECTs returned accounts {self.order}; lock both 1 and 2.")
+        if self.order != sorted(self.order):
+            return wrong(
+                "08.1",
+                f"for a transfer from 2 to 1 you locked the rows in the order {self.order}: lock in "
+                "id order whatever the direction, or two opposite transfers can deadlock.",
+            )
+        if self.unordered_multi_row:
+            return wrong(
+                "08.1",
+                "one SELECT ... FOR UPDATE locks several rows without ORDER BY: the database locks "
+                "them in whatever order it reads them. Add .order_by(Account.id).",
+            )
+        return None
 
 
 @check("08.1")
-async def check_fetch_names(fetch_names: FetchNames, engine: AsyncEngine) -> Verdict:
-    """``fetch_names(factory, user_ids, limit)``: names in id order, one session per task,
-    never more than ``limit`` sessions holding a connection at once.
-
-    ``engine`` needs the blog schema (``helpers.models``); the check adds four users of its
-    own and removes them afterwards.
-    """
-    names = await _make_users(engine, _CHECK_USERS)
+async def check_locked_transfer(
+    transfer: Transfer,
+    Session: async_sessionmaker[AsyncSession],
+    account_class: Any,
+    insufficient_funds: type[Exception],
+) -> Verdict:
+    """Exercise 07.1's checks, plus the row locks, on accounts 1, 2, 3 (100.00, 50.00, 0.00)."""
+    watch = LockWatch(Session, account_class)
     try:
-        return await _judge_fetch_names(fetch_names, engine, names)
-    finally:
-        await _remove_users(engine, _CHECK_USERS)
+        with watch.floats_assigned_to(account_class.balance):
+            return await transfer_verdict(
+                "08.1",
+                transfer,
+                Session,
+                watch,
+                account_class,
+                insufficient_funds,
+                first_transfer=watch.verdict,
+            )
+    except StillWaiting:
+        return still_waiting("08.1")
+    except DBAPIError as exc:
+        if is_busy(exc):
+            return locked_out("08.1")
+        raise
 
 
-async def _judge_fetch_names(fetch_names: FetchNames, engine: AsyncEngine, names: dict[int, str]) -> Verdict:
-    ids = list(names)  # in insertion order: ann, ben, cy, dee
-    for order, limit in (([3, 0, 2, 1, 0, 3], 2), ([1, 2, 0, 3, 2, 1, 0], 3)):
-        user_ids = [ids[i] for i in order]
-        expected = [names[i] for i in user_ids]
-        factory, tracker = tracked_sessionmaker(engine)
-        raised: BaseException | None = None
-        result: list[str] = []
-        before = asyncio.all_tasks()
-        try:
-            result = await asyncio.wait_for(fetch_names(factory, list(user_ids), limit), PATIENCE)
-        except NotImplementedError:
-            raise
-        except TimeoutError as exc:
-            raised = exc
-            if tracker.max_holding and not tracker.holding and tracker.in_flight == 0:
-                return wrong(
-                    "08.1",
-                    f"your function had not finished after {PATIENCE:.0f} s, with every session closed: "
-                    "a semaphore permit that is never given back? Take it with `async with semaphore:` "
-                    "(acquire() needs a release() in a finally block).",
-                )
-            return wrong("08.1", f"your function had not finished after {PATIENCE:.0f} s.")
-        except Exception as exc:  # judged below: a shared session explains most errors
-            raised = exc
-        finally:
-            await tracker.contain(before)
-        if tracker.calls == 0:
-            return wrong(
-                "08.1",
-                "no query went through the factory's sessions: open each session with "
-                "`async with factory() as session` and read with session.get/scalar/execute.",
-            )
-        if tracker.shared_sessions:
-            return wrong(
-                "08.1",
-                "one session was used by several tasks at once; open a new session inside each "
-                "task (`async with factory() as session:` in the per-id coroutine).",
-            )
-        if raised is not None:
-            return wrong("08.1", f"your code raised {type(raised).__name__}: {raised}")
-        if tracker.created < len(user_ids) and tracker.calls < len(user_ids):
-            return wrong(
-                "08.1",
-                f"{tracker.calls} queries for {len(user_ids)} ids: one query for all of them is fine in "
-                "real code, but this exercise practises one lookup per id, each in its own session.",
-            )
-        if tracker.max_in_flight == 1:
-            return wrong(
-                "08.1",
-                "the lookups ran one at a time; start them together with asyncio.gather "
-                "or an asyncio.TaskGroup.",
-            )
-        if tracker.created != len(user_ids):
-            return wrong(
-                "08.1",
-                f"{tracker.created} sessions for {len(user_ids)} ids; open exactly one session per id, "
-                "inside the task that uses it.",
-            )
-        if tracker.max_in_flight >= len(user_ids):
-            return wrong(
-                "08.1",
-                f"all {len(user_ids)} lookups ran at once with limit={limit}: create ONE "
-                "asyncio.Semaphore(limit) before starting the tasks and take it in every task (a "
-                "semaphore created inside each task limits nothing).",
-            )
-        if tracker.max_in_flight > limit:
-            return wrong(
-                "08.1",
-                f"{tracker.max_in_flight} lookups ran at once with limit={limit}: the semaphore has "
-                "more permits than `limit`; use asyncio.Semaphore(limit).",
-            )
-        if tracker.max_holding > limit:
-            return wrong(
-                "08.1",
-                f"{tracker.max_holding} sessions held a connection at once with limit={limit}: a "
-                "session gave its permit back before it closed. Take the semaphore before opening "
-                "the session: `async with semaphore, factory() as session:`.",
-            )
-        if list(result) != expected:
-            return wrong(
-                "08.1",
-                f"expected {expected}, got {result!r}; return the names in the order of the ids "
-                "(gather keeps the order of its arguments).",
-            )
-    return correct("08.1", "one session per task, never more than `limit` at once, names in order.")
+# 08.2 ------------------------------------------------------------------------------------------
+
+Work = Callable[[AsyncSession], Awaitable[Any]]
+RunWithRetry = Callable[..., Awaitable[Any]]
+TIME_LIMIT = 20.0  # seconds for one call of the learner's function (backoff sleeps included)
+RUNAWAY = 12  # calls of work after which the check stops a loop that never gives up
 
 
-Signup = Callable[[async_sessionmaker[AsyncSession], str, set[asyncio.Task[Any]]], Awaitable[int]]
+class SimulatedDeadlock(Exception):
+    """Stands in for the driver's error: what retryable() looks at, as a real deadlock has it."""
+
+    sqlstate = "40P01"  # PostgreSQL: deadlock_detected
+    sqlite_errorname = "SQLITE_BUSY"  # SQLite: database is locked
+
+
+class SimulatedUniqueViolation(Exception):
+    """A driver error no retry can cure: a unique constraint refused the row."""
+
+    sqlstate = "23505"  # PostgreSQL: unique_violation
+    sqlite_errorname = "SQLITE_CONSTRAINT_UNIQUE"
+
+
+class _Runaway(BaseException):
+    """Raised by the check's work when the learner's loop has called it far too often."""
+
+
+def _driver_error(orig: Exception) -> DBAPIError:
+    return DBAPIError("UPDATE accounts SET balance=... (simulated by the check)", None, orig)
+
+
+class _Work:
+    """The check's unit of work: add 1.00 to account 1, then fail as scripted."""
+
+    def __init__(self, account_class: Any, failures: list[BaseException | None]) -> None:
+        self.account_class = account_class
+        self.failures = failures  # what call n raises (None: succeed); the last entry repeats
+        self.calls = 0
+
+    async def __call__(self, session: AsyncSession) -> str:
+        self.calls += 1
+        if self.calls > RUNAWAY:
+            raise _Runaway
+        account = await session.get(self.account_class, 1)
+        if account is None:
+            raise LookupError("account 1 is missing")
+        account.balance += Decimal("1.00")
+        await session.flush()  # the write reaches the database before the failure
+        failure = self.failures[min(self.calls, len(self.failures)) - 1]
+        if failure is not None:
+            raise failure
+        return "done"
+
+
+async def _call(run_with_retry: RunWithRetry, Session: Any, work: _Work, attempts: int) -> Any:
+    async with asyncio.timeout(TIME_LIMIT):
+        return await run_with_retry(Session, work, attempts)
 
 
 @check("08.2")
-async def check_signup(signup: Signup, engine: AsyncEngine) -> Verdict:
-    """``signup(factory, name, background)``: commit a user, return its id, and leave a welcome
-    post to a background task with its own session, without waiting for it.
-
-    Sessions opened by any other task than the request wait until ``signup`` has returned (at
-    most :data:`GATE_BOUND` seconds), so an answer that awaits its background work is caught.
-    ``engine`` needs the blog schema; the check removes the rows it caused.
-    """
-    name = "check_zara"
-    title = f"Welcome, {name}"
-    await _remove_users(engine, [name], title)
-    factory, tracker = tracked_sessionmaker(engine)
-    tracker.gate = asyncio.Event()
-    background: set[asyncio.Task[Any]] = set()
-    before = asyncio.all_tasks()
-
-    async def request() -> int:
-        tracker.request_task = asyncio.current_task()
-        return await signup(factory, name, background)
-
+async def check_retry(
+    run_with_retry: RunWithRetry, Session: async_sessionmaker[AsyncSession], account_class: Any
+) -> Verdict:
+    """Script failures for the learner's retry loop and count what it does."""
     try:
-        user_id: int | None = None
-        raised: BaseException | None = None
-        waited = False
+        return await _check_retry(run_with_retry, Session, account_class)
+    except _Runaway:
+        return wrong(
+            "08.2",
+            f"your loop called work {RUNAWAY} times and would not stop: give up after `attempts` "
+            "calls and re-raise the last error.",
+        )
+    except TimeoutError:
+        return wrong("08.2", f"your function was still running after {TIME_LIMIT:.0f} s: bound the retries.")
+
+
+async def _balance(Session: async_sessionmaker[AsyncSession], account_class: Any) -> Decimal:
+    return (await balances(Session, account_class))[1]
+
+
+async def _check_retry(
+    run_with_retry: RunWithRetry, Session: async_sessionmaker[AsyncSession], account_class: Any
+) -> Verdict:
+    start = {1: Decimal("100.00")}
+    # 1. Two deadlocks, then success.
+    await reset_accounts(Session, account_class, start)
+    watch = Watch(Session)
+    deadlock = _driver_error(SimulatedDeadlock("deadlock detected"))
+    work = _Work(account_class, [deadlock, deadlock, None])
+    try:
+        result = await _call(run_with_retry, watch.factory, work, 3)
+    except DBAPIError:
+        return wrong(
+            "08.2",
+            f"a deadlock on call {work.calls} of 3 reached the caller: catch DBAPIError (on "
+            "PostgreSQL a deadlock arrives as a plain DBAPIError, not an OperationalError) and retry "
+            "when retryable(exc) is true.",
+        )
+    added = await _balance(Session, account_class) - start[1]
+    if work.calls and not watch.transactions:
+        return wrong(
+            "08.2", "open the sessions from the factory passed to your function (its first argument)."
+        )
+    if work.calls < 3:
+        return wrong(
+            "08.2",
+            f"work failed twice with a deadlock and your function called it only {work.calls} time(s): "
+            "retry while retryable(exc) is true and attempts remain.",
+        )
+    if work.calls > 3:
+        return wrong("08.2", f"work succeeded on call 3, yet your function called it {work.calls} times.")
+    if added != Decimal("1.00"):
+        return wrong(
+            "08.2",
+            f"three attempts of a unit of work that adds 1.00 added {added}: the failed attempts' "
+            "writes were kept. Run each attempt in a new transaction (a new `async with "
+            "Session.begin()`), so a failed one is rolled back; after a real deadlock the old "
+            "transaction cannot even be used any more.",
+        )
+    if result != "done":
+        return wrong("08.2", f"return what work returned ('done'), not {result!r}.")
+
+    # 2. Deadlocks every time: give up after `attempts` calls, with the error.
+    await reset_accounts(Session, account_class, start)
+    deadlock = _driver_error(SimulatedDeadlock("deadlock detected"))
+    work = _Work(account_class, [deadlock])
+    try:
+        returned = await _call(run_with_retry, Session, work, 4)
+    except DBAPIError as exc:
+        if work.calls != 4:
+            return wrong(
+                "08.2",
+                f"with attempts=4 and work failing every time your function called it {work.calls} "
+                "times: attempts counts every call, the first one included.",
+            )
+        if exc.orig is not deadlock.orig:
+            return wrong("08.2", "re-raise the last error itself (a bare `raise`), not a new one.")
+    except Exception as exc:
+        return wrong(
+            "08.2",
+            f"when the attempts ran out your function raised {type(exc).__name__}: re-raise the last "
+            "error itself (a bare `raise`), so the caller can still tell a deadlock from other failures.",
+        )
+    else:
+        return wrong(
+            "08.2",
+            f"work failed on every attempt and your function returned {returned!r}: re-raise the last "
+            "error, or the caller believes the work was done.",
+        )
+    if await _balance(Session, account_class) != start[1]:
+        return wrong("08.2", "every attempt failed, yet some of their writes were committed.")
+
+    # 3. An error that is not retryable: the domain error, and a unique violation.
+    for label, error in (
+        ("ValueError('insufficient funds')", ValueError("insufficient funds")),
+        (
+            "a unique violation (a DBAPIError that retryable() rejects)",
+            _driver_error(SimulatedUniqueViolation()),
+        ),
+    ):
+        work = _Work(account_class, [error, None])
         try:
-            user_id = await asyncio.wait_for(request(), PATIENCE)
-        except NotImplementedError:
-            raise
-        except TimeoutError:
-            waited = True
+            await _call(run_with_retry, Session, work, 3)
+        except type(error):
+            if work.calls == 1:
+                continue
         except Exception as exc:
-            raised = exc
-        scheduled = set(background)  # a done-callback may discard them later
-        await asyncio.sleep(0.05)  # tasks the request started run until their first database call
-        started = {t for t in asyncio.all_tasks() - before if id(t) in tracker.tasks}
-        watched = scheduled | started
-        tracker.gate.set()  # the request is over: background work may run now
-        if watched:
-            await asyncio.wait(watched, timeout=PATIENCE)
-        if waited or tracker.let_through:
-            return wrong(
-                "08.2",
-                "signup waited for the welcome post: the check holds the background session back until "
-                "the request has returned, and the request did not return. Start the work "
-                "with asyncio.create_task, add the task to `background`, and return the id without "
-                "awaiting the task.",
-            )
-        if tracker.shared_sessions:
-            return wrong(
-                "08.2",
-                "the background task used the request's session (which the request closes while the "
-                "task still runs); give the background coroutine the factory and let it open its "
-                "own `async with factory() as session`.",
-            )
-        if raised is not None:
-            return wrong("08.2", f"your code raised {type(raised).__name__}: {raised}")
-        if not scheduled and started:
-            return wrong(
-                "08.2",
-                "you started a task but did not add it to `background`: the event loop keeps only a "
-                "weak reference to a task, so an unreferenced one can be garbage-collected before it "
-                "ends. Add it to the set (and discard it when done).",
-            )
-        if not scheduled:
-            return wrong(
-                "08.2",
-                "nothing was added to `background`; start the welcome post with asyncio.create_task "
-                "and add the task to the set (it keeps a reference so the task is not lost).",
-            )
-        pending = [t for t in scheduled if not t.done()]
-        if pending:
-            return wrong("08.2", f"the background task had not finished {PATIENCE:.0f} s after the request.")
-        request_sessions = [
-            s for s, task in tracker.created_by_task.items() if task == id(tracker.request_task)
-        ]
-        if any(s not in tracker.closed for s in request_sessions):
-            return wrong(
-                "08.2",
-                "the request's session was never closed; open it with `async with factory() as "
-                "session:`, so it is closed (and its connection returned) however the request ends.",
-            )
-        async with AsyncSession(engine) as session:
-            user = await session.scalar(select(User).where(User.name == name))
-            titles = (
-                list(await session.scalars(select(Post.title).where(Post.author_id == user.id)))
-                if user is not None
-                else []
-            )
-        if user is None or user.id != user_id:
-            return wrong(
-                "08.2",
-                "the user is not in the database under the id you returned; add it, commit, "
-                "and return user.id.",
-            )
-        failed = [t.exception() for t in scheduled if not t.cancelled() and t.exception() is not None]
-        if failed:
-            exc = failed[0]
-            return wrong("08.2", f"the background task raised {type(exc).__name__}: {exc}")
-        if tracker.attached_from_elsewhere:
-            return wrong(
-                "08.2",
-                "the background session received an ORM object loaded by the request's session; pass "
-                "plain values instead (the user's id) and build the Post from them.",
-            )
-        if titles != [title]:
-            return wrong(
-                "08.2",
-                f"expected one post titled {title!r} by the new user, found {titles!r}; "
-                "did the background task commit?",
-            )
-        if tracker.created < 2:
-            return wrong("08.2", "use one session for the request and a second one in the background task.")
-    finally:
-        tracker.gate.set()
-        await tracker.contain(before)
-        await _remove_users(engine, [name], title)
+            return wrong("08.2", f"for {label} your function raised {type(exc).__name__}; let it propagate.")
+        return wrong(
+            "08.2",
+            f"work raised {label} and your function called it {work.calls} times: retry only when "
+            "retryable(exc) is true; another run cannot fix this error, so raise it at once.",
+        )
     return correct(
-        "08.2", "the request committed, closed its session and returned; the background task used its own."
-    )
-
-
-def describe_counts(tracker: SessionTracker) -> str:
-    """One line for notebooks: sessions, calls, most calls and connections at once, sessions shared."""
-    return (
-        f"{tracker.created} sessions, {tracker.calls} calls, at most {tracker.max_in_flight} calls and "
-        f"{tracker.max_holding} connections at once, {tracker.shared_sessions} shared between tasks"
+        "08.2", "a new transaction per attempt, only retryable errors retried, the last one re-raised."
     )

@@ -1,1 +1,1 @@
-"""A small FastAPI + async SQLAlchemy app and its tests: the example notebook 10 explains."""
+"""A small FastAPI + async SQLAlchemy app and its tests: the example notebook 11 explains."""

@@ -4,7 +4,7 @@ Layers: routes (HTTP) -> ``UserService`` (ends each write with ``commit()``) -> 
 lifespan creates and disposes the engine; ``get_session`` gives each request its own
 ``AsyncSession``. Tests replace ``get_session`` through ``app.dependency_overrides`` (see
 conftest.py), so the service may receive a session the test has already used: it therefore
-never calls ``session.begin()`` (notebook 09).
+never calls ``session.begin()`` (notebook 10).
 """
 
 from collections.abc import AsyncIterator
