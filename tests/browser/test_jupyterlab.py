@@ -206,7 +206,14 @@ def _close_and_shut_down(page) -> None:
     page.evaluate(
         f"""async () => {{
             const w = {CURRENT};
-            await w.sessionContext.shutdown();
+            const sessions = window.jupyterapp.serviceManager.sessions;
+            try {{
+                await w.sessionContext.shutdown();
+            }} catch (error) {{
+                // the session was busy changing state: ask the server again, as "Shut Down All" does
+                await sessions.refreshRunning();
+                await sessions.shutdownAll();
+            }}
             w.context.model.dirty = false;
             w.close();
         }}"""
