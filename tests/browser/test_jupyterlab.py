@@ -169,6 +169,12 @@ def _menu(page, menu: str, item: str) -> None:
 
 def _run_all(page) -> float:
     """Kernel → Restart Kernel and Run All Cells…, confirmed; seconds until every cell ran."""
+    # The stored outputs carry execution counts: clear them first, so that "every cell has a
+    # count" below means "every cell ran in this kernel".
+    page.evaluate("window.jupyterapp.commands.execute('notebook:clear-all-cell-outputs').then(() => null)")
+    page.wait_for_function(
+        f"{CURRENT}.content.widgets.every(c => c.model.type !== 'code' || c.model.executionCount === null)"
+    )
     start = time.monotonic()
     _menu(page, "Kernel", "Restart Kernel and Run All Cells")
     page.locator(".jp-Dialog .jp-mod-accept").click()
@@ -179,7 +185,7 @@ def _run_all(page) -> float:
             return {CURRENT}.sessionContext.session.kernel.status === 'idle'
                 && code.length > 0
                 && code.every(c => c.model.executionCount !== null
-                                   && !c.promptNode.textContent.includes('*'));
+                                   && c.model.executionState !== 'running');
         }}""",
         timeout=RUN_ALL_TIMEOUT * 1000,
         polling=250,
@@ -203,20 +209,27 @@ def _error_heights(page) -> list[float]:
 
 
 def _close_and_shut_down(page) -> None:
+    """Shut the notebook's kernel down through the server (graceful, as JupyterLab's menu does),
+    wait until the server lists no session for it, and close the tab without saving."""
+    path = page.evaluate(f"{CURRENT}.context.path")
     page.evaluate(
         f"""async () => {{
             const w = {CURRENT};
-            const sessions = window.jupyterapp.serviceManager.sessions;
-            try {{
-                await w.sessionContext.shutdown();
-            }} catch (error) {{
-                // the session was busy changing state: ask the server again, as "Shut Down All" does
-                await sessions.refreshRunning();
-                await sessions.shutdownAll();
-            }}
+            try {{ await w.sessionContext.shutdown(); }} catch (error) {{ /* checked below */ }}
             w.context.model.dirty = false;
             w.close();
         }}"""
+    )
+    page.wait_for_function(
+        f"""async () => {{
+            const sessions = window.jupyterapp.serviceManager.sessions;
+            await sessions.refreshRunning();
+            const mine = Array.from(sessions.running()).filter(s => s.path === '{path}');
+            for (const s of mine) {{ try {{ await sessions.shutdown(s.id); }} catch (e) {{}} }}
+            return mine.length === 0;
+        }}""",
+        timeout=30_000,
+        polling=500,
     )
 
 
