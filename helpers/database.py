@@ -114,6 +114,16 @@ def validate_url(raw: str | URL) -> URL:
             f"{ENV_VAR}={shown!r} names an unknown dialect {url.drivername!r}{hint}."
         ) from None
     backend, driver = url.get_backend_name(), dialect_cls.driver
+    async_cls = dialect_cls.get_async_dialect_cls(url)
+    if not dialect_cls.is_async and async_cls.is_async:
+        # SQLAlchemy 2.1: a driverless postgresql:// means psycopg, whose async mode
+        # create_async_engine() picks: not the sync mistake, but a driver not supported here.
+        raise DatabaseConfigError(
+            f"{ENV_VAR}={shown!r} selects {async_cls.driver!r} (create_async_engine() uses its async "
+            "mode); this collection is written and tested for "
+            + " and ".join(f"{d}+{v}" for d, v in SUPPORTED)
+            + f"; use {url.set(drivername=f'{backend}+{_ASYNC_DRIVER[backend]}').render_as_string()!r}."
+        )
     if not dialect_cls.is_async:
         async_driver = _ASYNC_DRIVER.get(backend)
         fix = (

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import sqlalchemy
 from sqlalchemy import text
 
 from helpers.database import (
@@ -64,6 +65,16 @@ def test_sync_postgresql_driver_suggests_asyncpg_and_hides_password() -> None:
     text_ = message("postgresql://app:s3cret@db:5432/app")
     assert "s3cret" not in text_
     assert "postgresql+asyncpg://app:***@db:5432/app" in text_
+
+
+def test_driverless_postgresql_url_is_described_per_release() -> None:
+    """2.0: postgresql:// is psycopg2 (sync); 2.1: psycopg, whose async mode create_async_engine uses."""
+    text_ = message("postgresql://app@db/app")
+    if sqlalchemy.__version__.startswith("2.0."):
+        assert "synchronous driver 'psycopg2'" in text_
+    else:
+        assert "selects 'psycopg' (create_async_engine() uses its async mode)" in text_
+    assert "'postgresql+asyncpg://app@db/app'" in text_
 
 
 def test_dialect_typo_gets_a_suggestion() -> None:

@@ -152,7 +152,7 @@ async def test_bad_database_url() -> None:
 
 
 async def test_sync_driver_url() -> None:
-    result = await check_database({"DATABASE_URL": "postgresql://postgres@localhost/postgres"})
+    result = await check_database({"DATABASE_URL": "postgresql+psycopg2://postgres@localhost/postgres"})
     assert not result.ok and "selects the synchronous driver" in result.detail
 
 
