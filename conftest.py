@@ -17,6 +17,12 @@ each notebook's metadata, e.g. ``"sqlalchemy": "2.1.9"``). With another series i
 every cell must still run, every exception must still be raised, and the assertions inside
 the notebooks still hold. That is how CI checks that the notebooks are correct on 2.0 too.
 
+Cells marked ``%needs_postgresql`` (helpers/recorded.py) show their recorded PostgreSQL output
+on SQLite, compared strictly like any other output. On PostgreSQL they run live, and this file
+sets ``ASQLA_CHECK_RECORDINGS=1`` so that each compares its output with its recording for the
+same driver, server major version and SQLAlchemy series: a difference fails the cell (the
+recording is stale; re-run tests/execute_notebooks.py).
+
 On both backends a cell tagged ``raises-exception`` must really raise (nbval's lax mode
 alone would let a missing exception pass, nbval issue #108), except a cell also tagged
 ``sqlite-only`` on PostgreSQL, or ``postgresql-only`` on SQLite: those print why they are
@@ -27,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import re
 import subprocess
 from pathlib import Path
@@ -42,6 +49,7 @@ from helpers.database import (
     abandoned_postgresql_databases,
     configured_url,
 )
+from helpers.recorded import MISMATCH
 
 ROOT = Path(__file__).parent
 BACKEND_KEY = pytest.StashKey[str]()
@@ -89,6 +97,8 @@ def pytest_configure(config: pytest.Config) -> None:
     except DatabaseConfigError as exc:
         raise pytest.UsageError(str(exc)) from None
     config.stash[BACKEND_KEY] = backend
+    if backend == "postgresql":  # inherited by the notebook kernels (--nbval-current-env)
+        os.environ["ASQLA_CHECK_RECORDINGS"] = "1"
     if not hasattr(config.option, "nbval"):  # pytest -p no:nbval: unit tests only
         return
     if not config.option.nbval_sanitize_with:  # absolute, so pytest works from any directory
@@ -155,6 +165,11 @@ def pytest_runtest_call(item: pytest.Item):
     cell = getattr(item, "cell", None)
     outputs = getattr(item, "test_outputs", None)
     if cell is not None and outputs is not None:
+        stale = [
+            out["text"] for out in outputs if out.get("output_type") == "stream" and MISMATCH in out["text"]
+        ]
+        if stale:
+            pytest.fail("".join(stale), pytrace=False)
         tags = cell.get("metadata", {}).get("tags", [])
         if _must_raise(tags, item.config.stash[BACKEND_KEY]) and not any(
             out.get("output_type") == "error" for out in outputs
@@ -176,7 +191,17 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         return
     problems = []
     strays = subprocess.run(
-        ["git", "status", "--porcelain", "--ignored", "--untracked-files=all", "--", ".", ":!.venv*"],
+        [
+            "git",
+            "status",
+            "--porcelain",
+            "--ignored",
+            "--untracked-files=all",
+            "--",
+            ".",
+            ":!.venv*",
+            ":!.mypy_cache",
+        ],
         cwd=ROOT,
         capture_output=True,
         text=True,

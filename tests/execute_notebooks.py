@@ -3,19 +3,22 @@ to refresh the expected results that nbval compares against.
 
     python tests/execute_notebooks.py                       # every notebook
     python tests/execute_notebooks.py notebooks/05_*.ipynb  # some of them
-    python tests/execute_notebooks.py --no-postgresql ...   # skip the second backend
+    python tests/execute_notebooks.py --no-postgresql ...   # SQLite only (no new recordings)
 
 For each notebook:
 
-1. run it top to bottom in a fresh kernel on SQLite (``DATABASE_URL`` removed from the
+1. unless ``--no-postgresql``, run it on PostgreSQL once per ``--postgresql`` setting (default:
+   ``embedded+asyncpg`` and ``embedded+psycopg``, the embedded server with each driver). Each
+   cell marked ``%needs_postgresql`` (helpers/recorded.py) records its outputs, which are merged
+   into ``helpers/recordings.json``; recordings of cells that no longer exist are dropped;
+2. run it top to bottom in a fresh kernel on SQLite (``DATABASE_URL`` removed from the
    environment), with the notebook's folder as working directory; a cell may raise only if
-   it is tagged ``raises-exception``;
-2. clean the outputs of what differs between machines (tests/sanitize.cfg, and absolute
+   it is tagged ``raises-exception``. Marked cells show the recordings made in step 1;
+3. clean the outputs of what differs between machines (tests/sanitize.cfg, and absolute
    paths in tracebacks) and store them;
-3. unless ``--no-postgresql``, run it again on PostgreSQL (``--postgresql URL``, default
-   ``postgresql+asyncpg://postgres@127.0.0.1:5432/postgres``) and tag every cell whose output
-   is the same on both backends ``nbval-check-output``, so the PostgreSQL test run still
-   compares it (see conftest.py). Cells tagged ``nbval-ignore-output`` are never tagged.
+4. tag every cell whose output is the same on SQLite and on every PostgreSQL run
+   ``nbval-check-output``, so the PostgreSQL test runs still compare it (see conftest.py).
+   Cells tagged ``nbval-ignore-output`` are never tagged.
 
 It prints each notebook's wall time per backend: the figures quoted in the instructor guide.
 """
@@ -24,10 +27,13 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import os
 import platform
 import re
 import sys
+import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -39,7 +45,11 @@ from nbclient import NotebookClient
 
 ROOT = Path(__file__).resolve().parents[1]
 SANITIZE = ROOT / "tests" / "sanitize.cfg"
-DEFAULT_POSTGRESQL = "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
+sys.path.insert(0, str(ROOT))
+from helpers import recorded  # noqa: E402
+
+DEFAULT_POSTGRESQL = ["embedded+asyncpg", "embedded+psycopg"]
+_MERGE = threading.Lock()
 CHECK_TAG = "nbval-check-output"
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
@@ -143,22 +153,58 @@ def execute(nb: Any, path: Path, env: dict[str, str], timeout: int) -> float:
     return time.perf_counter() - started
 
 
-def process(path: Path, postgresql: str | None, timeout: int) -> str:
+def merge_recordings(path: Path, lines: list[str]) -> int:
+    """Store the recordings one PostgreSQL run wrote (JSON lines) in helpers/recordings.json."""
+    with _MERGE:
+        stored = recorded.load()
+        for line in lines:
+            entry = json.loads(line)
+            slot = stored.setdefault(entry["key"], {"notebook": str(path.relative_to(ROOT)), "drivers": {}})
+            slot["drivers"][entry["driver"]] = {"versions": entry["versions"], "outputs": entry["outputs"]}
+        write_recordings(stored)
+    return len(lines)
+
+
+def write_recordings(stored: dict[str, Any]) -> None:
+    """Write the recordings, keeping only those of marked cells some notebook still has."""
+    wanted = set()
+    for notebook in ROOT.joinpath("notebooks").rglob("*.ipynb"):
+        for cell in nbformat.read(notebook, as_version=4).cells:
+            body = recorded.marked_cells(cell.source) if cell.cell_type == "code" else None
+            if body is not None:
+                wanted.add(recorded.cell_hash(body))
+    kept = {key: stored[key] for key in sorted(stored) if key in wanted}
+    recorded.RECORDINGS.write_text(json.dumps(kept, indent=1, sort_keys=True, ensure_ascii=False) + "\n")
+
+
+def process(path: Path, postgresql: list[str], timeout: int) -> str:
     nb = nbformat.read(path, as_version=4)
-    sqlite_env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    sqlite_env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "ASQLA_RECORDINGS")}
+    report = f"{path.relative_to(ROOT)}:"
+    server_runs = []
+    for setting in postgresql:
+        other = copy.deepcopy(nb)
+        with tempfile.TemporaryDirectory() as scratch:
+            record_to = Path(scratch) / "recorded.jsonl"
+            record_to.touch()
+            env = {**sqlite_env, "DATABASE_URL": setting, "ASQLA_RECORD_TO": str(record_to)}
+            env.pop("ASQLA_CHECK_RECORDINGS", None)
+            seconds = execute(other, path, env, timeout)
+            count = merge_recordings(path, record_to.read_text().splitlines())
+        server_runs.append(other)
+        report += f" {setting} {seconds:.1f}s ({count} recorded),"
     seconds = execute(nb, path, sqlite_env, timeout)
     clean_outputs(nb)
-    report = f"{path.relative_to(ROOT)}: sqlite {seconds:.1f}s"
-    if postgresql:
-        other = copy.deepcopy(nb)
-        pg_seconds = execute(other, path, {**sqlite_env, "DATABASE_URL": postgresql}, timeout)
-        report += f", postgresql {pg_seconds:.1f}s"
+    report += f" sqlite {seconds:.1f}s"
+    if server_runs:
         same = 0
-        for cell, pg_cell in zip(nb.cells, other.cells, strict=True):
+        for cell, *pg_cells in zip(nb.cells, *(run.cells for run in server_runs), strict=True):
             if cell.cell_type != "code":
                 continue
             tags = [t for t in cell.metadata.get("tags", []) if t != CHECK_TAG]
-            if "nbval-ignore-output" not in tags and comparable(cell.outputs) == comparable(pg_cell.outputs):
+            if "nbval-ignore-output" not in tags and all(
+                comparable(cell.outputs) == comparable(pg_cell.outputs) for pg_cell in pg_cells
+            ):
                 tags.append(CHECK_TAG)
                 same += 1
             if tags:
@@ -166,7 +212,7 @@ def process(path: Path, postgresql: str | None, timeout: int) -> str:
             else:
                 cell.metadata.pop("tags", None)
         code_cells = sum(c.cell_type == "code" for c in nb.cells)
-        report += f"; {same}/{code_cells} cells identical on both"
+        report += f"; {same}/{code_cells} cells identical on all"
     # recorded so that conftest.py knows which SQLAlchemy release series the outputs are from
     nb.metadata["outputs"] = {
         "sqlalchemy": sqlalchemy.__version__,
@@ -180,15 +226,19 @@ def process(path: Path, postgresql: str | None, timeout: int) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("notebooks", nargs="*", type=Path, help="default: every notebook")
-    parser.add_argument("--postgresql", default=DEFAULT_POSTGRESQL, help="URL for the second run")
-    parser.add_argument("--no-postgresql", action="store_true", help="store SQLite outputs only")
+    parser.add_argument(
+        "--postgresql",
+        action="append",
+        help="a DATABASE_URL setting to record with (repeatable); default: " + ", ".join(DEFAULT_POSTGRESQL),
+    )
+    parser.add_argument("--no-postgresql", action="store_true", help="SQLite only; keep the recordings")
     parser.add_argument("--jobs", "-j", type=int, default=2)
     parser.add_argument("--timeout", type=int, default=120, help="seconds per cell")
     args = parser.parse_args(argv)
     paths = [p.resolve() for p in args.notebooks] or sorted(
         p for p in (ROOT / "notebooks").rglob("*.ipynb") if ".ipynb_checkpoints" not in p.parts
     )
-    postgresql = None if args.no_postgresql else args.postgresql
+    postgresql = [] if args.no_postgresql else (args.postgresql or DEFAULT_POSTGRESQL)
     failed = 0
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         futures = {p: pool.submit(process, p, postgresql, args.timeout) for p in paths}

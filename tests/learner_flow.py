@@ -42,8 +42,8 @@ ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 def backend(environ: dict[str, str] | None = None) -> str:
     """``"sqlite"`` or ``"postgresql"``, from ``DATABASE_URL`` as the notebooks read it."""
-    url = (os.environ if environ is None else environ).get("DATABASE_URL", "")
-    return "postgresql" if url.startswith("postgresql") else "sqlite"
+    url = (os.environ if environ is None else environ).get("DATABASE_URL", "").strip().lower()
+    return "postgresql" if url.startswith(("postgresql", "embedded")) else "sqlite"
 
 
 def must_raise(tags: list[str], backend_name: str) -> bool:
@@ -152,7 +152,7 @@ class Kernel:
 
 def leftovers(pid: int, environ: dict[str, str]) -> list[str]:
     """Databases or SQLite directories of the kernel process ``pid``."""
-    from helpers.database import _host_id
+    from helpers.database import machine_id
 
     if backend(environ) == "sqlite":
         return [str(p) for p in Path(tempfile.gettempdir()).glob(f"asqla-*-{pid}-*")]
@@ -166,7 +166,7 @@ def leftovers(pid: int, environ: dict[str, str]) -> list[str]:
             rows = await conn.fetch("SELECT datname FROM pg_database WHERE datname LIKE 'asqla%'")
         finally:
             await conn.close()
-        return [r[0] for r in rows if re.search(rf"_{_host_id()}_{pid}_\d+$", r[0])]
+        return [r[0] for r in rows if re.search(rf"_{machine_id()}_{pid}_\d+$", r[0])]
 
     return asyncio.run(names())
 

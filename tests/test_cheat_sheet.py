@@ -4,8 +4,9 @@
 * every "Pitfall:" section of the lessons whose demonstration raises is in the sheet, or is
   listed in helpers.explain.EXCLUDED with its reason;
 * the error texts stored in the sheet are what its trigger code raises now (re-run here, on
-  SQLite, from the notebook's own cells); the PostgreSQL-only ones, shown as recorded on
-  SQLite, are raised live on PostgreSQL and compared with the record;
+  SQLite, from the notebook's own cells); the PostgreSQL ones, shown as recorded on SQLite,
+  are raised live on PostgreSQL with each driver (asyncpg, psycopg) and compared with that
+  driver's record (the PgBouncer one where PgBouncer 1.21+ is installed, else shown as recorded);
 * the sheet shows the causes, fixes and links of helpers.explain.PITFALLS (one source of truth),
   and never a "skipped" text where an error belongs;
 * its list of pitfalls names every "Pitfall:" heading of the lessons.
@@ -13,15 +14,18 @@
 
 from __future__ import annotations
 
+import ast
 import gc
 import json
 import re
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 import sqlalchemy
+from sqlalchemy import make_url
 
 from helpers.database import DatabaseConfigError, NotebookDatabase, configured_url, open_database
 from helpers.explain import EXCLUDED, NOTEBOOKS, PITFALLS, RECORDED_WITH, SECTIONS, anchor
@@ -100,17 +104,16 @@ def run_code(code: str, namespace: dict[str, Any]) -> None:
 def sheet_namespace() -> dict[str, Any]:
     """The sheet's imports, triggers and capture functions, executed here as in the notebook."""
     namespace: dict[str, Any] = {}
-    setup = source(cells(SHEET)[1])
-    run_code(
-        "\n".join(line for line in setup.splitlines() if line.startswith(("import ", "from "))), namespace
-    )
+    setup = "\n".join(line for line in source(cells(SHEET)[1]).splitlines() if not line.startswith("%"))
+    imports: list[ast.stmt] = [n for n in ast.parse(setup).body if isinstance(n, ast.Import | ast.ImportFrom)]
+    run_code(ast.unparse(ast.Module(body=imports, type_ignores=[])), namespace)
     for cell in cells(SHEET):
         if cell["cell_type"] == "code" and source(cell).startswith(("# Triggers", "# Capturing")):
             run_code(source(cell), namespace)
     return namespace
 
 
-async def run_capture(db: NotebookDatabase) -> dict[str, tuple[str, bool]]:
+async def run_capture(db: NotebookDatabase) -> dict[str, tuple[str, str]]:
     namespace = sheet_namespace()
     try:
         await namespace["load_sample_data"](db.engine)
@@ -167,10 +170,10 @@ async def test_stored_errors_are_what_the_code_raises_now() -> None:
         await db.close()
     assert set(errors) == {p.key for p in PITFALLS}
     recorded = [p.key for p in PITFALLS if p.backend == "postgresql"]
-    assert [key for key, (_, live) in errors.items() if not live] == recorded
+    assert [key for key, (_, driver) in errors.items() if driver] == recorded
     now = "".join(
-        f"{key:<22} {error}{'' if live else '   [recorded on PostgreSQL]'}\n"
-        for key, (error, live) in errors.items()
+        f"{key:<22} {error}{f'   [recorded on PostgreSQL with {driver}]' if driver else ''}\n"
+        for key, (error, driver) in errors.items()
     )
     stored = output_text(code_cell("errors = await capture(db)"))
     stored_with = json.loads(SHEET.read_text())["metadata"]["outputs"]["sqlalchemy"]
@@ -184,28 +187,50 @@ async def test_stored_errors_are_what_the_code_raises_now() -> None:
     )
 
 
-async def test_postgresql_errors_are_as_recorded() -> None:
-    """The PostgreSQL-only rows, raised live: the sheet shows their record on SQLite."""
+@pytest.mark.parametrize("driver", ["asyncpg", "psycopg"])
+async def test_postgresql_errors_are_as_recorded(driver: str) -> None:
+    """The PostgreSQL-only rows, raised live with each driver: the sheet shows their records on
+    SQLite. A row another driver does not raise shows that driver's record instead."""
     url = configured_url()
-    environ = (
-        None
-        if url is not None and url.get_backend_name() == "postgresql"
-        else {"DATABASE_URL": LOCAL_POSTGRESQL}
-    )
+    server = url if url is not None and url.get_backend_name() == "postgresql" else LOCAL_POSTGRESQL
+    environ = {
+        "DATABASE_URL": make_url(server).set(drivername=f"postgresql+{driver}").render_as_string(False)
+    }
     try:
         db = await open_database("test_cheat_sheet_pg", environ=environ)
     except DatabaseConfigError as exc:
         pytest.skip(f"no PostgreSQL server: {exc}")
     try:
+        assert db.driver == driver
         errors = await run_capture(db)
     finally:
         await db.close()
-    assert all(live for _, live in errors.values())
+    for pitfall in PITFALLS:
+        live = pitfall.live_on("postgresql", driver)
+        recorded_with = driver if driver in pitfall.seen else next(iter(pitfall.seen), "")
+        assert errors[pitfall.key][1] == ("" if live else recorded_with), pitfall.key
     if not sqlalchemy.__version__.startswith(RECORDED_WITH + "."):
         return  # capture() checked that explain() recognises each; the wording may differ
     for pitfall in PITFALLS:
-        if pitfall.backend == "postgresql":
-            assert errors[pitfall.key][0] == pitfall.seen, pitfall.key
+        if driver in pitfall.seen:  # live or not: the text is this driver's
+            assert errors[pitfall.key][0] == pitfall.seen[driver], pitfall.key
+
+
+async def test_without_pgbouncer_the_sheet_shows_the_record_of_the_driver_in_use(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """PgBouncer missing (or older than 1.21): its row is shown as recorded, for this driver."""
+    from helpers import pgbouncer
+
+    monkeypatch.setattr(pgbouncer, "available", lambda *args: False)
+    rows = tuple(p for p in PITFALLS if p.requires == "pgbouncer")
+    assert rows, "no PITFALLS row requires PgBouncer"
+    namespace = sheet_namespace()
+    namespace["PITFALLS"] = rows  # capture() looks the table up in the notebook's namespace
+    for driver in ("asyncpg", "psycopg"):
+        db = SimpleNamespace(backend="postgresql", driver=driver)  # all capture() reads of a record
+        errors = await namespace["capture"](db)
+        assert errors == {p.key: (p.seen[driver], driver) for p in rows}
 
 
 def test_no_skipped_text_where_an_error_belongs() -> None:
@@ -214,8 +239,8 @@ def test_no_skipped_text_where_an_error_belongs() -> None:
     )
     assert "skipped" not in stored.lower()
     for pitfall in PITFALLS:
-        if pitfall.backend == "postgresql":
-            assert pitfall.seen.startswith(pitfall.error + ": "), pitfall.key
+        for text in pitfall.seen.values():
+            assert text.split(": ")[0] in pitfall.errors, pitfall.key
 
 
 def test_greenlet_trigger_ignores_coloured_tracebacks(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -236,11 +261,12 @@ def test_sheet_shows_the_explain_table() -> None:
     sheet = output_text(code_cell("from IPython.display"))
     blocks = sheet.split("\n\n")
     for pitfall in PITFALLS:
-        if pitfall.key == "missing-greenlet":
-            continue
         block = next((b for b in blocks if f"]({pitfall.link})" in b and pitfall.cause in b), "")
         assert block, pitfall.key
         assert f"- fix: {pitfall.fix}" in block, pitfall.key
+        for driver, text in pitfall.seen.items():  # stored from SQLite: every driver's record
+            assert f"- error with {driver}, as recorded: `{text}`" in block, (pitfall.key, driver)
+        assert (pitfall.elsewhere in block) if pitfall.elsewhere else "- other drivers" not in block
         for section in pitfall.sections:
             assert f"]({section.link})" in block, (pitfall.key, section.heading)
 

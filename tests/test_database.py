@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import subprocess
@@ -16,7 +17,9 @@ from helpers.database import (
     DatabaseConfigError,
     abandoned_directories,
     configured_url,
+    driver_of,
     hide_password,
+    machine_id,
     open_database,
     validate_url,
 )
@@ -49,10 +52,18 @@ def message(raw: str) -> str:
 
 @pytest.mark.parametrize(
     "raw",
-    ["sqlite+aiosqlite:///notes.db", "sqlite+aiosqlite://", "postgresql+asyncpg://u:p@db.example:5433/app"],
+    [
+        "sqlite+aiosqlite:///notes.db",
+        "sqlite+aiosqlite://",
+        "postgresql+asyncpg://u:p@db.example:5433/app",
+        "postgresql+psycopg://u:p@db.example:5433/app",
+        "postgresql+psycopg_async://u@db/app",
+    ],
 )
 def test_accepts_the_supported_async_urls(raw: str) -> None:
-    assert validate_url(raw).drivername in {"sqlite+aiosqlite", "postgresql+asyncpg"}
+    url = validate_url(raw)
+    assert url.drivername == raw.split(":")[0]
+    assert driver_of(url) in {"aiosqlite", "asyncpg", "psycopg"}
 
 
 def test_sync_sqlite_driver_names_the_async_spelling() -> None:
@@ -61,20 +72,23 @@ def test_sync_sqlite_driver_names_the_async_spelling() -> None:
     assert "'sqlite+aiosqlite:///example.db'" in text_
 
 
-def test_sync_postgresql_driver_suggests_asyncpg_and_hides_password() -> None:
-    text_ = message("postgresql://app:s3cret@db:5432/app")
+def test_sync_postgresql_driver_suggests_both_async_drivers_and_hides_password() -> None:
+    text_ = message("postgresql+psycopg2://app:s3cret@db:5432/app")
     assert "s3cret" not in text_
-    assert "postgresql+asyncpg://app:***@db:5432/app" in text_
+    assert "synchronous driver 'psycopg2'" in text_
+    assert "'postgresql+asyncpg://app:***@db:5432/app' or 'postgresql+psycopg://app:***@db:5432/app'" in text_
 
 
-def test_driverless_postgresql_url_is_described_per_release() -> None:
-    """2.0: postgresql:// is psycopg2 (sync); 2.1: psycopg, whose async mode create_async_engine uses."""
-    text_ = message("postgresql://app@db/app")
+def test_driverless_postgresql_url_is_judged_per_release() -> None:
+    """2.0: postgresql:// is psycopg2 (sync), and the message says so for the installed release;
+    2.1: it is psycopg, whose async mode create_async_engine() uses: accepted."""
     if sqlalchemy.__version__.startswith("2.0."):
+        text_ = message("postgresql://app@db/app")
         assert "synchronous driver 'psycopg2'" in text_
+        assert f"on SQLAlchemy {sqlalchemy.__version__}; 2.1 selects psycopg instead" in text_
+        assert "'postgresql+psycopg://app@db/app'" in text_
     else:
-        assert "selects 'psycopg' (create_async_engine() uses its async mode)" in text_
-    assert "'postgresql+asyncpg://app@db/app'" in text_
+        assert driver_of(validate_url("postgresql://app@db/app")) == "psycopg"
 
 
 def test_dialect_typo_gets_a_suggestion() -> None:
@@ -88,7 +102,8 @@ def test_garbage_is_not_a_url() -> None:
 
 
 def test_unsupported_async_driver_is_named() -> None:
-    assert "postgresql+psycopg_async" in message("postgresql+psycopg_async://u@h/db")
+    text_ = message("mysql+aiomysql://u@h/db")
+    assert "uses mysql+aiomysql" in text_ and "postgresql+psycopg" in text_
 
 
 def test_missing_driver_package(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -225,3 +240,108 @@ async def test_postgresql_database_is_created_and_dropped() -> None:
         )
     await checker.close()
     assert left == 0
+
+
+def test_machine_id_is_random_kept_and_shared_by_concurrent_first_users(tmp_path: Path) -> None:
+    """Eight processes asking at once on a new cache directory all get the one id that is kept."""
+    code = "from helpers.database import machine_id; print(machine_id())"
+    env = {**os.environ, "ASQLA_CACHE_DIR": str(tmp_path / "cache")}
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, text=True)
+        for _ in range(8)
+    ]
+    ids = {proc.communicate(timeout=60)[0].strip() for proc in procs}
+    assert len(ids) == 1
+    (found,) = ids
+    assert len(found) == 8 and int(found, 16) >= 0
+    assert (tmp_path / "cache" / "machine-id").read_text().strip() == found
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["machine-id"]
+    other = {**os.environ, "ASQLA_CACHE_DIR": str(tmp_path / "other")}
+    second = subprocess.run(
+        [sys.executable, "-c", code], env=other, capture_output=True, text=True, check=True
+    )
+    assert second.stdout.strip() != found  # another machine (cache directory), another id
+
+
+def test_a_corrupt_machine_id_file_is_one_sentence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ASQLA_CACHE_DIR", str(tmp_path))
+    (tmp_path / "machine-id").write_text("not an id")
+    with pytest.raises(DatabaseConfigError, match="does not hold a machine id"):
+        machine_id()
+
+
+_LEAVE_ONE = (
+    "import asyncio, os, sys\n"
+    "from helpers.database import open_database\n"
+    "db = asyncio.run(open_database('workshop', environ={'DATABASE_URL': sys.argv[1]}))\n"
+    "print(db.url.database, flush=True)\n"
+    "os._exit(0)  # its pid is now dead here: from this machine it looks like another machine's live kernel\n"
+)
+
+
+async def _database_exists(name: str) -> bool:
+    checker = await open_database("checker", environ={"DATABASE_URL": POSTGRESQL})
+    try:
+        async with checker.engine.connect() as conn:
+            found = await conn.scalar(
+                text("SELECT count(*) FROM pg_database WHERE datname = :n"), {"n": name}
+            )
+    finally:
+        await checker.close()
+    return bool(found)
+
+
+def _participant(url: str, cache: Path, code: str = _LEAVE_ONE) -> str:
+    """Run a notebook start on "another machine" (its own cache directory, so its own machine id)."""
+    env = {**os.environ, "ASQLA_CACHE_DIR": str(cache)}
+    done = subprocess.run([sys.executable, "-c", code, url], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+@needs_postgresql
+async def test_same_host_name_and_one_shared_login_never_drop_each_others_database(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two workshop machines with the same host name and the same login: B must not take A's
+    database (whose pid does not run on B) for one of its own abandoned ones."""
+    a_database = await asyncio.to_thread(_participant, POSTGRESQL, tmp_path / "machine-a")
+    assert a_database.startswith("asqla_workshop_")
+    monkeypatch.setenv("ASQLA_CACHE_DIR", str(tmp_path / "machine-b"))
+    b = await open_database("workshop", environ={"DATABASE_URL": POSTGRESQL})  # B cleans up its own
+    await b.close()
+    assert await _database_exists(a_database), "B dropped A's database"
+    # A's machine, on its next start, recognises it as its own abandoned database and removes it
+    monkeypatch.setenv("ASQLA_CACHE_DIR", str(tmp_path / "machine-a"))
+    a_again = await open_database("workshop", environ={"DATABASE_URL": POSTGRESQL})
+    await a_again.close()
+    assert not await _database_exists(a_database)
+
+
+@needs_postgresql
+async def test_two_roles_on_one_machine_leave_each_other_alone(tmp_path: Path) -> None:
+    """Participants with their own CREATEDB-only roles: B's start neither fails on A's database
+    (owned by A: "must be owner") nor touches it."""
+    admin = validate_url(POSTGRESQL)
+    suffix = os.urandom(3).hex()
+    roles = [f"asqla_test_a_{suffix}", f"asqla_test_b_{suffix}"]
+    setup = await open_database("roles", environ={"DATABASE_URL": POSTGRESQL})
+    admin_engine = setup.create_engine(isolation_level="AUTOCOMMIT")
+    async with admin_engine.connect() as conn:
+        for role in roles:
+            await conn.execute(text(f"CREATE ROLE {role} LOGIN NOSUPERUSER NOCREATEROLE CREATEDB"))
+    a_database = ""
+    try:
+        url_a, url_b = (admin.set(username=role).render_as_string(hide_password=False) for role in roles)
+        same_machine = tmp_path / "shared-machine"
+        a_database = await asyncio.to_thread(_participant, url_a, same_machine)
+        b_code = _LEAVE_ONE.replace("os._exit(0)", "pass")  # B starts, cleans up, exits normally
+        await asyncio.to_thread(_participant, url_b, same_machine, b_code)
+        assert await _database_exists(a_database), "B dropped A's database"
+    finally:
+        async with admin_engine.connect() as conn:
+            if a_database:
+                await conn.execute(text(f'DROP DATABASE IF EXISTS "{a_database}" WITH (FORCE)'))
+            for role in roles:
+                await conn.execute(text(f"DROP ROLE IF EXISTS {role}"))
+        await setup.close()

@@ -13,16 +13,18 @@ from decimal import Decimal
 
 import pytest
 import pytest_asyncio
-from sqlalchemy import Numeric, String, select
+from sqlalchemy import Numeric, String, make_url, select, text
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from helpers import open_database
+from helpers.database import DatabaseConfigError, configured_url
 from helpers.exercises import Status, nb07
-from helpers.exercises.nb08 import check_locked_transfer, check_retry
+from helpers.exercises.nb08 import SimulatedDeadlock, check_locked_transfer, check_retry
 
 Factory = async_sessionmaker[AsyncSession]
+LOCAL_POSTGRESQL = "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
 
 
 class Base(DeclarativeBase):
@@ -395,7 +397,7 @@ async def forgets_the_result(Session: Factory, work, attempts: int = 3):
     [
         (one_transaction, "the failed attempts' writes were kept"),
         (no_retry, "reached the caller"),
-        (only_operational_errors, "not an OperationalError"),
+        (only_operational_errors, "asyncpg raises a deadlock as a plain DBAPIError"),
         (retries_everything, "work raised ValueError"),
         (retries_every_driver_error, "a unique violation"),
         (forever, "would not stop"),
@@ -409,3 +411,31 @@ async def test_retry_wrong(Session: Factory, answer, hint: str) -> None:
     verdict = await check_08_2(Session, answer)
     assert verdict.status is Status.WRONG, verdict
     assert hint in verdict.message, verdict
+
+
+@pytest.mark.parametrize("driver", ["asyncpg", "psycopg"])
+async def test_simulated_deadlock_looks_like_each_drivers_real_one(driver: str) -> None:
+    """The check's SimulatedDeadlock stands for what either driver raises on SQLSTATE 40P01: a
+    DBAPIError (asyncpg: DBAPIError itself; psycopg: OperationalError, as 08.2's hint says) whose
+    ``orig.sqlstate`` retryable() reads. The server raises the SQLSTATE itself, without a deadlock."""
+    url = configured_url()
+    server = url if url is not None and url.get_backend_name() == "postgresql" else LOCAL_POSTGRESQL
+    environ = {
+        "DATABASE_URL": make_url(server).set(drivername=f"postgresql+{driver}").render_as_string(False)
+    }
+    try:
+        db = await open_database("test_nb08_driver", environ=environ)
+    except DatabaseConfigError as exc:
+        pytest.skip(f"no PostgreSQL server: {exc}")
+    try:
+        async with db.engine.connect() as conn:
+            with pytest.raises(DBAPIError) as raised:
+                await conn.execute(
+                    text("DO $$ BEGIN RAISE EXCEPTION 'deadlock detected' USING ERRCODE = '40P01'; END $$")
+                )
+    finally:
+        await db.close()
+    exc = raised.value
+    assert type(exc) is {"asyncpg": DBAPIError, "psycopg": OperationalError}[driver]
+    assert exc.orig.sqlstate == SimulatedDeadlock.sqlstate
+    assert retryable(exc)

@@ -14,13 +14,21 @@ from pathlib import Path
 import pytest
 from execute_notebooks import SESSION_METADATA
 
+from helpers import recorded
+from helpers.recorded import marked_cells
+
 NEWEST_PYTHON = "3.13."
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
 START = NOTEBOOKS / "00_start_here.ipynb"
 ALL = sorted(p for p in NOTEBOOKS.rglob("*.ipynb") if ".ipynb_checkpoints" not in p.parts)
-LESSONS = [p for p in ALL if p.parent == NOTEBOOKS and re.match(r"(0[1-9]|1[01])_", p.name)]
+# Lessons: every numbered notebook but the start page (00) and the pitfall cheat sheet (12).
+LESSONS = [
+    p
+    for p in ALL
+    if p.parent == NOTEBOOKS and re.match(r"\d\d_", p.name) and p.name[:3] not in ("00_", "12_")
+]
 SOLUTIONS = sorted((NOTEBOOKS / "solutions").glob("*.ipynb"))
 LINK = re.compile(r"\]\(([^)#\s]+\.ipynb)(#[^)]*)?\)")
 VARYING = [
@@ -56,7 +64,7 @@ def outputs_text(cell: dict) -> str:
 
 def test_there_are_lessons_and_solutions() -> None:
     assert START.exists()
-    assert len(LESSONS) == 11, ids(LESSONS)
+    assert [p.name[:2] for p in LESSONS] == [f"{n:02}" for n in (*range(1, 12), *range(13, 18))], ids(LESSONS)
     assert [p.name.replace("_solutions", "") for p in SOLUTIONS] == [p.name for p in LESSONS]
 
 
@@ -141,6 +149,7 @@ def test_outputs_come_from_one_clean_run(path: Path) -> None:
                 output.get("output_type") != "stream"
                 or output["name"] != "stderr"
                 or ("nbval-ignore-output" in cell_tags)
+                or marked_cells("".join(cell["source"])) is not None  # a recorded traceback
             ), f"code cell {index} wrote to stderr"
         if "nbval-ignore-output" not in cell_tags:
             text = outputs_text(cell)
@@ -160,7 +169,8 @@ def test_lesson_shape(path: Path) -> None:
     assert path.name.replace(".ipynb", "_solutions.ipynb") in targets, "no link to its solutions"
     neighbours = {p.name[:2] for p in links(path) if p.parent == NOTEBOOKS}
     assert f"{number - 1:02d}" in neighbours, "no link to the previous notebook"
-    assert f"{number + 1:02d}" in neighbours, "no link to the next notebook"
+    if path != LESSONS[-1]:  # the last lesson links back to the index instead
+        assert f"{number + 1:02d}" in neighbours, "no link to the next notebook"
     code = [c for c in nb["cells"] if c["cell_type"] == "code"]
     assert "await db.dispose()" in "".join(code[-1]["source"]), "no clean-up at the end"
     checks = [outputs_text(c) for c in code if "Exercise " in outputs_text(c)]
@@ -179,3 +189,49 @@ def test_solutions_are_correct(path: Path) -> None:
     assert results, "no self-check output"
     for text in results:
         assert ": correct:" in text and "not yet" not in text and "not attempted" not in text, text
+
+
+def marked(nb: dict) -> list[tuple[dict, str]]:
+    """The cells marked %needs_postgresql, with their recording keys."""
+    found = []
+    for cell in nb["cells"]:
+        body = recorded.marked_cells("".join(cell["source"])) if cell["cell_type"] == "code" else None
+        if body is not None:
+            found.append((cell, recorded.cell_hash(body)))
+    return found
+
+
+@pytest.mark.parametrize("path", ALL, ids=ids(ALL))
+def test_cells_needing_postgresql_are_recorded_with_both_drivers(path: Path) -> None:
+    nb = load(path)
+    cells = marked(nb)
+    if not cells:
+        return
+    set_up = next(c for c in nb["cells"] if c["cell_type"] == "code")
+    assert "%load_ext helpers.recorded" in "".join(set_up["source"]), "the set-up cell must load it"
+    stored = recorded.load(recorded.RECORDINGS)
+    for cell, key in cells:
+        first = "".join(cell["source"]).splitlines()[1]
+        entry = stored.get(key)
+        assert entry is not None, f"no recording of {first!r}: run tests/execute_notebooks.py {path.name}"
+        assert sorted(entry["drivers"]) == ["asyncpg", "psycopg"], first
+        raised = {driver: "error" in rec["outputs"] for driver, rec in entry["drivers"].items()}
+        if any(raised.values()):
+            assert {"raises-exception", "postgresql-only"} <= tags(cell), (first, raised)
+        else:
+            assert "raises-exception" not in tags(cell), (first, raised)
+
+
+def test_recordings_come_from_one_run_and_none_is_orphaned() -> None:
+    stored = recorded.load(recorded.RECORDINGS)
+    wanted = {key for path in ALL for _, key in marked(load(path))}
+    assert set(stored) == wanted, "orphaned or missing recordings: run tests/execute_notebooks.py"
+    settings = set()
+    for entry in stored.values():
+        for driver, rec in entry["drivers"].items():
+            versions = rec["versions"]
+            settings.add(
+                (versions["postgresql"].split(".")[0], versions["sqlalchemy"], driver, versions[driver])
+            )
+    assert len({s[:2] for s in settings}) == 1, f"recorded with several servers or releases: {settings}"
+    assert len(settings) == 2, settings  # one version of each driver

@@ -204,6 +204,8 @@ def _quiet_pool() -> Iterator[None]:
 
 
 def _greenlet_error(exc: BaseException) -> bool:
+    """MissingGreenlet itself (asyncpg; SQLAlchemy 2.0), or wrapped in a StatementError (aiosqlite
+    and psycopg under 2.1)."""
     return isinstance(exc, MissingGreenlet) or (
         isinstance(exc, StatementError) and isinstance(exc.orig, MissingGreenlet)
     )

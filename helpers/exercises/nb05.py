@@ -48,9 +48,9 @@ _NEVER_AWAITED = re.compile(r"coroutine '([\w.]+)' was never awaited")
 
 
 def missing_greenlet_in(exc: BaseException) -> MissingGreenlet | None:
-    """The ``MissingGreenlet`` behind ``exc``: ``exc`` itself (asyncpg; SQLAlchemy 2.0), or the
-    ``orig`` of a ``StatementError`` (aiosqlite under 2.1; ``DBAPIError`` with the SQLite
-    transaction recipe), else ``None``."""
+    """The ``MissingGreenlet`` behind ``exc``: ``exc`` itself (asyncpg; every driver under
+    SQLAlchemy 2.0), or the ``orig`` of a ``StatementError`` (aiosqlite and psycopg under 2.1;
+    ``DBAPIError`` with the SQLite transaction recipe), else ``None``."""
     if isinstance(exc, MissingGreenlet):
         return exc
     if isinstance(exc, StatementError) and isinstance(exc.orig, MissingGreenlet):

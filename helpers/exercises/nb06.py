@@ -77,6 +77,8 @@ def _titles_by_author() -> dict[str, list[str]]:
 
 
 def _is_missing_greenlet(exc: BaseException) -> bool:
+    """MissingGreenlet itself (asyncpg; SQLAlchemy 2.0), or wrapped in a StatementError (aiosqlite
+    and psycopg under 2.1)."""
     return isinstance(exc, MissingGreenlet) or (
         isinstance(exc, StatementError) and isinstance(exc.orig, MissingGreenlet)
     )

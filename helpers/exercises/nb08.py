@@ -248,9 +248,9 @@ async def _check_retry(
     except DBAPIError:
         return wrong(
             "08.2",
-            f"a deadlock on call {work.calls} of 3 reached the caller: catch DBAPIError (on "
-            "PostgreSQL a deadlock arrives as a plain DBAPIError, not an OperationalError) and retry "
-            "when retryable(exc) is true.",
+            f"a deadlock on call {work.calls} of 3 reached the caller: catch DBAPIError (asyncpg "
+            "raises a deadlock as a plain DBAPIError, psycopg as an OperationalError, which is a "
+            "DBAPIError too) and retry when retryable(exc) is true.",
         )
     added = await _balance(Session, account_class) - start[1]
     if work.calls and not watch.transactions:

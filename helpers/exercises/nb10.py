@@ -37,8 +37,9 @@ async def _name_of(engine: AsyncEngine, user_id: int) -> str | None:
 
 
 def _is_missing_greenlet(exc: BaseException) -> bool:
-    """A refused lazy load: MissingGreenlet itself (asyncpg), wrapped in a StatementError
-    (aiosqlite, SQLAlchemy 2.1), or reported by pydantic reading an attribute (model_validate)."""
+    """A refused lazy load: MissingGreenlet itself (asyncpg; SQLAlchemy 2.0), wrapped in a
+    StatementError (aiosqlite and psycopg under 2.1), or reported by pydantic reading an
+    attribute (model_validate)."""
     if isinstance(exc, MissingGreenlet):
         return True
     if isinstance(exc, StatementError):

@@ -7,8 +7,10 @@ pooled connections belong to the loop that opened them.
 
 * ``database``: a private database from ``helpers.open_database`` (DATABASE_URL picks the
   backend), removed at the end of the test session.
-* ``engine``: one engine for the whole session, with the tables created once. On SQLite it
-  gets SQLAlchemy's transaction recipe right where it is created, and only there.
+* ``engine``: one engine for the whole session. Its schema is built once by the project's
+  migrations (``alembic upgrade head`` on the engine's own connection: ``alembic_config``),
+  as in production, not by ``create_all``. On SQLite it gets SQLAlchemy's transaction recipe
+  right where it is created, and only there.
 * ``session``: per test, an ``AsyncSession`` inside a transaction that is rolled back at the
   end, so every test starts from the same empty tables. ``create_savepoint`` turns the
   app's own ``commit()`` into a RELEASE SAVEPOINT inside that transaction.
@@ -17,16 +19,18 @@ pooled connections belong to the loop that opened them.
 """
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+from alembic import command
+from alembic.config import Config
 from httpx import ASGITransport, AsyncClient
-from sqlalchemy import event
+from sqlalchemy import Connection, event
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
 
 from example_app.app import create_app, get_session
 from helpers import NotebookDatabase, open_database
-from helpers.models import Base
 
 
 def use_sqlalchemy_begin(engine: AsyncEngine) -> None:
@@ -46,6 +50,17 @@ def use_sqlalchemy_begin(engine: AsyncEngine) -> None:
         conn.exec_driver_sql("BEGIN")
 
 
+def alembic_config(connection: Connection) -> Config:
+    """This project's alembic.ini, with a connection for env.py to run the migrations on.
+
+    Call it inside ``AsyncConnection.run_sync()``: env.py then uses that connection instead
+    of making an engine and calling ``asyncio.run()``, which cannot run in a running loop.
+    """
+    config = Config(Path(__file__).with_name("alembic.ini"))
+    config.attributes["connection"] = connection
+    return config
+
+
 @pytest.fixture(scope="session")
 async def database() -> AsyncIterator[NotebookDatabase]:
     db = await open_database("example_app_tests")
@@ -61,7 +76,7 @@ async def engine(database: NotebookDatabase) -> AsyncIterator[AsyncEngine]:
     if engine.dialect.name == "sqlite":
         use_sqlalchemy_begin(engine)
     async with engine.begin() as conn:
-        await conn.run_sync(Base.metadata.create_all)
+        await conn.run_sync(lambda sync_conn: command.upgrade(alembic_config(sync_conn), "head"))
     yield engine
     await engine.dispose()
 
