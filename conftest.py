@@ -87,9 +87,12 @@ def _shut_down_like_jupyterlab(self: Any) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     with contextlib.suppress(ImportError):
-        from nbval.kernel import RunningKernel
+        from nbval import kernel
 
-        RunningKernel.stop = _shut_down_like_jupyterlab
+        from tests.kernels import IPCKernelManager
+
+        kernel.RunningKernel.stop = _shut_down_like_jupyterlab
+        kernel.KernelManager = IPCKernelManager  # type: ignore[misc]  # no TCP port races
     try:
         backend = _backend()
         if backend == "postgresql":

@@ -47,6 +47,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SANITIZE = ROOT / "tests" / "sanitize.cfg"
 sys.path.insert(0, str(ROOT))
 from helpers import recorded  # noqa: E402
+from tests.kernels import AsyncIPCKernelManager  # noqa: E402
 
 DEFAULT_POSTGRESQL = ["embedded+asyncpg", "embedded+psycopg"]
 _MERGE = threading.Lock()
@@ -145,6 +146,7 @@ def execute(nb: Any, path: Path, env: dict[str, str], timeout: int) -> float:
         nb,
         timeout=timeout,
         kernel_name="python3",
+        kernel_manager_class=AsyncIPCKernelManager,
         resources={"metadata": {"path": str(path.parent)}},
         record_timing=False,  # no per-cell timestamps in the stored metadata
         allow_errors=False,  # cells tagged raises-exception may still raise

@@ -32,10 +32,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import nbformat
-from jupyter_client.manager import KernelManager
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
+sys.path.insert(0, str(ROOT))  # also run as a script
+from tests.kernels import IPCKernelManager  # noqa: E402
+
 CELL_TIMEOUT = 60.0
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
@@ -107,7 +109,7 @@ class Kernel:
     """A kernel started and stopped the way JupyterLab does it."""
 
     def __init__(self, cwd: Path, env: dict[str, str]) -> None:
-        self.manager = KernelManager(kernel_name="python3")
+        self.manager = IPCKernelManager(kernel_name="python3")
         self.manager.start_kernel(cwd=str(cwd), env=env)
         self.client = self.manager.client()
         self.client.start_channels()

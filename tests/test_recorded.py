@@ -12,6 +12,7 @@ import pytest
 from nbclient import NotebookClient
 
 from helpers.recorded import MISMATCH, cell_hash, marked_cells, normalize, private
+from tests.kernels import AsyncIPCKernelManager
 from tests.test_database import POSTGRESQL, needs_postgresql
 
 SET_UP = (
@@ -62,9 +63,9 @@ def run(tmp_path: Path, cells: list[str], **env: str) -> list[list[dict[str, Any
     nb = nbformat.v4.new_notebook()
     nb.cells = [nbformat.v4.new_code_cell(source) for source in [SET_UP, *cells, "await db.close()"]]
     base = {k: v for k, v in os.environ.items() if not k.startswith(("ASQLA_", "DATABASE_URL"))}
-    NotebookClient(nb, timeout=60, kernel_name="python3", allow_errors=True).execute(
-        env={**base, **env}, cwd=str(tmp_path)
-    )
+    NotebookClient(
+        nb, timeout=60, kernel_name="python3", kernel_manager_class=AsyncIPCKernelManager, allow_errors=True
+    ).execute(env={**base, **env}, cwd=str(tmp_path))
     return [[dict(out) for out in cell.outputs] for cell in nb.cells[1:-1]]
 
 
