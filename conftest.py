@@ -132,10 +132,34 @@ def _series(version: str) -> str:
     return ".".join(version.split(".")[:2])
 
 
+# Test modules whose result does not depend on the database DATABASE_URL selects (static
+# checks of the notebooks and helpers, and tests that choose their own database or server).
+# They carry the marker ``once``: .ci/run runs them once per Python and SQLAlchemy environment
+# and deselects them in its other database stages (-m "not once"). Plain ``pytest`` runs them.
+ONCE = {
+    "test_cheat_sheet",  # SQLite, and PostgreSQL at DATABASE_URL or 127.0.0.1:5432
+    "test_diagrams",
+    "test_embedded",  # starts servers of its own
+    "test_explain",  # like test_cheat_sheet
+    "test_helpers",
+    "test_learner_flow",
+    "test_lint",
+    "test_notebook_hygiene",
+    "test_performance",  # SQLite whatever DATABASE_URL says
+    "test_recorded",  # chooses SQLite or the server at 127.0.0.1:5432 itself
+    "test_setup_check",
+    "test_tracebacks",
+}
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Compare no outputs of notebooks whose outputs were stored with another SQLAlchemy series."""
+    """Mark the ``once`` modules; compare no outputs of notebooks whose outputs were stored
+    with another SQLAlchemy series."""
     installed = _series(sqlalchemy.__version__)
     for item in items:
+        if item.path.stem in ONCE:
+            item.add_marker(pytest.mark.once)
         notebook = getattr(item, "parent", None)
         stored = getattr(notebook, "nb", None)
         if getattr(item, "cell", None) is None or stored is None:
